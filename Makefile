@@ -1,0 +1,37 @@
+# sppdet: `make demo` runs the whole chain on the built-in dataset, `make test` runs the tests.
+# Both create the virtual environment and install the project first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+WORK   ?= sppdet-work
+DEMO_DATA ?= $(WORK)/synth
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import torchvision.ops, cv2.ximgproc"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/sppdet synth $(DEMO_DATA) --images 400 --seed 0
+
+bench: install
+	@set -e; for script in benchmarks/*.py; do \
+	    [ -e "$$script" ] || continue; \
+	    echo "== $$script"; $(BIN)/python "$$script"; \
+	done
+
+clean:
+	rm -rf $(VENV) $(WORK) .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

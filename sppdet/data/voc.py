@@ -1,0 +1,235 @@
+"""Reading and writing datasets in Pascal VOC layout.
+
+    ROOT/Annotations/<id>.xml          one XML per image (size, objects with bndbox)
+    ROOT/JPEGImages/<id>.jpg           the image (<filename> in the XML wins; .png etc. accepted)
+    ROOT/ImageSets/Main/<split>.txt    one image id per line
+
+Boxes: VOC stores 1-based inclusive integer pixels ``(xmin, ymin, xmax, ymax)``. This module is
+the only place they are converted to sppdet's continuous 0-based boxes
+``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``sppdet.boxes``) and back again in the writer.
+
+Classes: the 20 VOC classes (in the devkit's order) when every name found is a VOC class;
+otherwise the sorted set of names in the ``trainval`` annotations (all listed splits if there is
+no trainval), or an explicit list. Label index 0 is background; class ``classes[k - 1]`` has
+label ``k``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from sppdet.data.images import IMAGE_SUFFIXES
+from sppdet.errors import DatasetError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+class DatasetWarning(UserWarning):
+    """Something in a dataset was repaired (e.g. boxes clipped or dropped)."""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One image's ground truth. ``boxes`` float32 ``[G, 4]`` (x1, y1, x2, y2), continuous
+    0-based pixels; ``names`` the G class names; ``difficult`` bool ``[G]``."""
+
+    image_id: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    names: tuple[str, ...]
+    difficult: np.ndarray
+    filename: str | None = None
+
+    def labels(self, classes: Sequence[str]) -> np.ndarray:
+        """int64 ``[G]`` labels in 1..K for ``classes`` (0 is background); unknown names -> -1."""
+        index = {name: k + 1 for k, name in enumerate(classes)}
+        return np.array([index.get(name, -1) for name in self.names], dtype=np.int64)
+
+
+def _text(node: ET.Element, tag: str, path: Path, required: bool = True) -> str | None:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        if required:
+            raise DatasetError(f"{path}: missing <{tag}>; every VOC annotation needs it")
+        return None
+    return child.text.strip()
+
+
+def _number(node: ET.Element, tag: str, path: Path) -> float:
+    text = _text(node, tag, path)
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetError(f"{path}: <{tag}> is {text!r}, not a number") from None
+
+
+def read_annotation(path: str | os.PathLike) -> Annotation:
+    """Parse one VOC XML file; boxes are clipped to the image and empty ones dropped (warned)."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found; check the split file and Annotations/") from None
+    except ET.ParseError as exc:
+        raise DatasetError(f"{path}: malformed XML ({exc})") from None
+    size = root.find("size")
+    if size is None:
+        raise DatasetError(f"{path}: missing <size>; every VOC annotation needs it")
+    width, height = int(_number(size, "width", path)), int(_number(size, "height", path))
+    if width <= 0 or height <= 0:
+        raise DatasetError(f"{path}: image size {width}x{height} is not positive")
+
+    boxes, names, difficult = [], [], []
+    for obj in root.iter("object"):
+        name = _text(obj, "name", path)
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise DatasetError(f"{path}: object {name!r} has no <bndbox>")
+        xmin, ymin, xmax, ymax = (_number(bndbox, tag, path) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))  # 1-based inclusive -> continuous
+        names.append(name)
+        flag = _text(obj, "difficult", path, required=False)
+        difficult.append(flag is not None and flag not in ("0", "false", "False"))
+
+    array = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    array[:, 0::2] = np.clip(array[:, 0::2], 0, width)
+    array[:, 1::2] = np.clip(array[:, 1::2], 0, height)
+    keep = (array[:, 2] > array[:, 0]) & (array[:, 3] > array[:, 1])
+    if not keep.all():
+        warnings.warn(f"{path}: dropped {int((~keep).sum())} box(es) empty after clipping to the image",
+                      DatasetWarning, stacklevel=2)
+    return Annotation(
+        image_id=path.stem, width=width, height=height, boxes=array[keep],
+        names=tuple(n for n, k in zip(names, keep) if k),
+        difficult=np.array(difficult, dtype=bool)[keep],
+        filename=_text(root, "filename", path, required=False),
+    )
+
+
+def write_annotation(path: str | os.PathLike, annotation: Annotation, folder: str = "sppdet") -> None:
+    """Write ``annotation`` as VOC XML (continuous boxes -> 1-based inclusive, rounded), atomically."""
+    from sppdet.store import atomic_write_bytes
+
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = annotation.filename or f"{annotation.image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", annotation.width), ("height", annotation.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for box, name, hard in zip(annotation.boxes, annotation.names, annotation.difficult):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = str(int(bool(hard)))
+        bndbox = ET.SubElement(obj, "bndbox")
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(bndbox, tag).text = str(value)
+    ET.indent(root)
+    atomic_write_bytes(path, ET.tostring(root, encoding="utf-8") + b"\n")
+
+
+def split_path(root: str | os.PathLike, split: str) -> Path:
+    """``ROOT/ImageSets/Main/<split>.txt``."""
+    return Path(root) / "ImageSets" / "Main" / f"{split}.txt"
+
+
+def read_split(root: str | os.PathLike, split: str) -> list[str]:
+    """The image ids listed in a split file, in file order."""
+    path = split_path(root, split)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        hint = f"available: {', '.join(available)}" if available else "is the dataset root right?"
+        raise DatasetError(f"{path}: split file not found ({hint})")
+    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path}: split file lists no images")
+    return ids
+
+
+def write_split(root: str | os.PathLike, split: str, image_ids: Sequence[str]) -> None:
+    """Write a split file atomically, one id per line."""
+    from sppdet.store import atomic_write_text
+
+    atomic_write_text(split_path(root, split), "".join(f"{i}\n" for i in image_ids))
+
+
+def discover_classes(root: str | os.PathLike) -> tuple[str, ...]:
+    """The class list of a dataset (see the module docstring for the rule)."""
+    root = Path(root)
+    splits = ["trainval"] if split_path(root, "trainval").is_file() else sorted(
+        p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+    names: set[str] = set()
+    for split in splits:
+        for image_id in read_split(root, split):
+            names.update(read_annotation(root / "Annotations" / f"{image_id}.xml").names)
+    if not names:
+        raise DatasetError(f"{root}: no objects in the trainval annotations; cannot infer classes")
+    if names <= set(VOC_CLASSES):
+        return VOC_CLASSES
+    return tuple(sorted(names))
+
+
+class VocDataset:
+    """One split of a VOC-layout dataset. Checks up front that every listed image has its
+    annotation and (unless ``check_images=False``, for evaluation-only use) its image file;
+    annotations are parsed on first use and kept."""
+
+    def __init__(self, root: str | os.PathLike, split: str, classes: Sequence[str] | None = None,
+                 check_images: bool = True):
+        self.root = Path(root).expanduser().resolve()
+        self.split = split
+        self.image_ids = read_split(self.root, split)
+        self.classes = tuple(classes) if classes is not None else discover_classes(self.root)
+        self._annotations: dict[str, Annotation] = {}
+        image_folder = self.root / "JPEGImages"
+        image_stems = {p.stem for p in image_folder.iterdir()} if image_folder.is_dir() else set()
+        for image_id in self.image_ids:
+            xml = self.annotation_path(image_id)
+            if not xml.is_file():
+                raise DatasetError(f"{xml}: annotation for image {image_id!r} of split "
+                                   f"{split!r} not found; fix {split_path(self.root, split)}")
+            if check_images and image_id not in image_stems:
+                raise DatasetError(f"{image_folder / image_id}.jpg: image for {image_id!r} of split "
+                                   f"{split!r} not found; fix {split_path(self.root, split)}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def annotation_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def annotation(self, image_id: str) -> Annotation:
+        """The parsed (and cached) annotation of one image."""
+        if image_id not in self._annotations:
+            self._annotations[image_id] = read_annotation(self.annotation_path(image_id))
+        return self._annotations[image_id]
+
+    def annotations(self) -> Iterator[Annotation]:
+        for image_id in self.image_ids:
+            yield self.annotation(image_id)
+
+    def image_path(self, image_id: str) -> Path:
+        """The image file: ``<filename>`` from the XML if present, else ``<id>`` + a known suffix."""
+        folder = self.root / "JPEGImages"
+        filename = self.annotation(image_id).filename
+        candidates = ([folder / filename] if filename else []) + [
+            folder / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise DatasetError(f"{candidates[0]}: image for {image_id!r} not found in {folder}")

@@ -1,0 +1,38 @@
+"""The work directory: stage hashing and atomic writes."""
+
+import numpy as np
+import pytest
+
+from sppdet import store
+from sppdet.config import ProposeConfig
+from sppdet.errors import WorkdirError
+
+
+def test_stage_dir_changes_with_settings_and_inputs(tmp_path):
+    work = store.WorkDir(tmp_path)
+    a = work.stage_dir("proposals", ProposeConfig())
+    assert a == work.stage_dir("proposals", ProposeConfig())
+    assert a != work.stage_dir("proposals", ProposeConfig(max_proposals=100))
+    assert a != work.stage_dir("proposals", ProposeConfig(), inputs={"data": "x"})
+    assert (a / "stage.json").is_file() and a.name.startswith("proposals-")
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "x.npy"
+    store.atomic_save_npy(target, np.arange(3))
+    with pytest.raises(RuntimeError):
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+
+
+def test_data_root_recorded(tmp_path, monkeypatch):
+    work = store.WorkDir(tmp_path / "w")
+    with pytest.raises(WorkdirError, match="--data"):
+        work.data_root()
+    work.set_data_root(tmp_path)
+    assert work.data_root() == tmp_path.resolve()
+    monkeypatch.setenv("SPPDET_WORKDIR", str(tmp_path / "env"))
+    assert store.WorkDir().root == (tmp_path / "env").resolve()
