@@ -1,0 +1,102 @@
+"""Options shared by several commands, error translation and progress bars.
+
+``sppdet`` raises ``SppdetError`` for user mistakes; :func:`library_errors` turns them into
+``click.ClickException`` (one line, exit 1). Bad command lines are ``click.UsageError`` (exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from sppdet.errors import ConfigError, SppdetError
+
+stderr_console = Console(stderr=True)
+stdout_console = Console()
+
+
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """Re-raise ``SppdetError`` as a one-line ``click.ClickException``."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except SppdetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def workdir_option(func):
+    """``--workdir DIR`` (env SPPDET_WORKDIR, default ./sppdet-work)."""
+    return click.option(
+        "--workdir", type=click.Path(file_okay=False), envvar="SPPDET_WORKDIR",
+        default="sppdet-work", show_default=True, show_envvar=True,
+        help="Work directory holding every stage's cache.",
+    )(func)
+
+
+def quiet_option(func):
+    """``--quiet``: no progress bars."""
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(func)
+
+
+def shard_option(func):
+    """``--shard i/n``: process only every n-th image starting at the i-th."""
+    return click.option(
+        "--shard", metavar="i/n", default=None,
+        help="Process only shard i of n (1-based); shards 1..n cover the split once.",
+    )(func)
+
+
+def split_option(default: str):
+    """``--split NAME`` with a per-command default."""
+    return click.option("--split", default=default, show_default=True,
+                        help="Dataset split (ImageSets/Main/<split>.txt).")
+
+
+def data_option(func):
+    """``--data ROOT``: the VOC-layout dataset (recorded in the work directory by propose)."""
+    return click.option(
+        "--data", "data_root", type=click.Path(exists=True, file_okay=False), default=None,
+        help="VOC-layout dataset root (default: the one recorded in the work directory).",
+    )(func)
+
+
+def device_option(func):
+    """``--device auto|cpu|cuda``."""
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                        show_default=True, help="auto uses CUDA when available.")(func)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (e.g. images/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  -/s" if speed is None else f"{speed:5.2f}/s")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, quiet: bool = False, fields: tuple[str, ...] = ()):
+    """A rich progress bar on stderr; yields ``advance(n=1, **fields)`` (a ``sppdet`` Progress).
+
+    ``fields`` names extra values (e.g. ``loss``) shown after the bar.
+    """
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    columns += [TextColumn(f"{name}={{task.fields[{name}]}}") for name in fields]
+    with Progress(*columns, console=stderr_console, disable=quiet, transient=False) as progress:
+        task = progress.add_task(description, total=total, **{name: "-" for name in fields})
+
+        def advance(n: int = 1, **values) -> None:
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
+            progress.update(task, advance=n, **shown)
+
+        yield advance

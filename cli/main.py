@@ -1,0 +1,28 @@
+"""The ``sppdet`` command group: one subcommand per module in this package."""
+
+from __future__ import annotations
+
+import click
+
+from sppdet import __version__
+from cli.synth import synth
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sppdet")
+def cli() -> None:
+    """SPP-net object detection as cached stages.
+
+    Typical chain: synth -> propose -> extract -> finetune -> train-svm -> train-bbox -> eval,
+    then detect on new images. Every stage caches its output in the work directory.
+
+    Example: sppdet synth data/synth && sppdet propose --data data/synth
+    """
+
+
+cli.add_command(synth)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
