@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from sppdet import __version__
+from cli.extract import extract
+from cli.propose import propose
 from cli.synth import synth
 
 
@@ -20,6 +22,8 @@ def cli() -> None:
     """
 
 
+cli.add_command(extract)
+cli.add_command(propose)
 cli.add_command(synth)
 
 

@@ -25,5 +25,6 @@ class ExtractConfig:
 
     backbone: str = "zf5"  # "zf5" (paper), "alexnet" or "vgg16" (torchvision features[:-1])
     width: float = 1.0  # zf5 channel multiplier (1.0 = the paper's 96-256-384-384-256)
-    weights: str = "none"  # hash of the weights used ("none" = random init, seeded)
+    weights: str = "none"  # hash of the weights file used ("none" = random init from seed)
     scales: tuple[int, ...] = (688,)  # shorter side; paper: 688, or (480, 576, 688, 864, 1200)
+    seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)

@@ -1,0 +1,212 @@
+"""The ``extract`` stage: conv5 features of every image of a split, cached (SPEC section 3).
+
+One file per image (``<image_id>.npz``, see ``sppdet.features`` for the format) in the work
+directory folder ``features-<hash>``, where the hash covers an ``ExtractConfig`` (backbone, width,
+the weights file's hash or "none", scales, seed) and the format version, so features from other
+settings are never reused. Features do not depend on the split, so every split shares the folder.
+Re-running skips images whose file is already valid; files are written atomically, so an
+interrupted run resumes where it stopped. ``--shard i/n`` does every n-th image (shards may run
+at the same time). One process: torch already spreads a conv over every core, and on a GPU the
+trunk is the only work; nothing runs in Python per window.
+
+The stage does not need proposals. It records ``config.json["stages"]["extract"]`` (the folder
+and its geometry) so later stages find the features via :func:`features_dir`, and writes
+``features.json`` (backbone geometry: stride, offset, channels) into the folder itself.
+
+Default weights: when ``weights`` is None, the trunk that ``sppdet pretrain`` recorded as
+``config.json["stages"]["pretrain"]["weights"]`` (a path, absolute or relative to the work
+directory) is used if its recorded backbone and width match; otherwise random weights ("none").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from sppdet.backbones import Backbone, build_backbone, resolve_device
+from sppdet.config import ExtractConfig
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import VocDataset
+from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file
+from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
+from sppdet.store import WorkDir, atomic_write_json, read_json
+
+STAGE = "extract"
+FOLDER_STAGE = "features"
+INFO_FILE = "features.json"
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    """What a features folder holds: its config and the trunk's geometry (``sppdet.backbones``)."""
+
+    config: ExtractConfig
+    stride: int
+    offset: float
+    channels: int
+
+
+@dataclass
+class ExtractJob:
+    """A resolved ``extract`` run: the trunk, the dataset, the images of this shard, the folder."""
+
+    workdir: WorkDir
+    dataset: VocDataset
+    image_ids: list[str]
+    backbone: Backbone
+    config: ExtractConfig
+    folder: Path
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What a run did: images of the shard, how many were computed or already cached, the time,
+    and the size of the whole cache folder in bytes."""
+
+    folder: Path
+    images: int
+    computed: int
+    skipped: int
+    seconds: float
+    cache_bytes: int
+    weights: str
+    device: str
+
+
+def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
+                    width: float) -> str:
+    """``weights`` if given; else the pretrained trunk recorded by ``sppdet pretrain`` for this
+    backbone and width (see the module docstring); else ``"none"``."""
+    if weights is not None:
+        return str(weights)
+    record = workdir.config().get("stages", {}).get("pretrain", {})
+    path = record.get("weights")
+    same_trunk = (record.get("backbone", backbone) == backbone
+                  and float(record.get("width", width)) == width)
+    if not path or not same_trunk:
+        return "none"
+    return str(workdir.root / path)  # an absolute recorded path stays as it is
+
+
+def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:
+    """Scales as sorted, distinct positive ints (so equal sets give the same cache folder)."""
+    try:
+        values = tuple(sorted({int(s) for s in scales}))
+    except (TypeError, ValueError):
+        raise ConfigError(f"--scales {scales!r}: expected whole numbers, e.g. 688 or 480,576,688") from None
+    if not values or values[0] <= 0:
+        raise ConfigError(f"--scales {scales!r}: need at least one scale, all > 0")
+    return values
+
+
+def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trainval",
+                    backbone: str = "zf5", width: float = 1.0,
+                    weights: str | os.PathLike | None = None, scales: Sequence[int] = (688,),
+                    seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
+                    shard: str | None = None) -> ExtractJob:
+    """Resolve an ``extract`` run: build the trunk (``sppdet.backbones.build_backbone``), open the
+    split, pick this shard's images and the cache folder. Nothing is computed yet."""
+    work = WorkDir(workdir)
+    scales = normalise_scales(scales)
+    shard_index, shard_count = parse_shard(shard)
+    torch_device = resolve_device(device)
+    root = work.data_root(data_root)
+    dataset = VocDataset(root, split, classes=())  # features need no class list
+    if data_root is not None and not work.config().get("data_root"):
+        work.set_data_root(root)
+    net = build_backbone(backbone, width, resolve_weights(work, weights, backbone, width), seed)
+    config = ExtractConfig(backbone=backbone, width=float(width), weights=net.weights_id,
+                           scales=scales, seed=int(seed))
+    folder = work.stage_dir(FOLDER_STAGE, config)
+    if not (folder / INFO_FILE).is_file():
+        atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
+    return ExtractJob(workdir=work, dataset=dataset,
+                      image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
+                      backbone=net, config=config, folder=folder, device=torch_device)
+
+
+def feature_path(folder: Path, image_id: str) -> Path:
+    """The cache file of one image in a features folder."""
+    return Path(folder) / f"{image_id}.npz"
+
+
+def _is_cached(path: Path, job: ExtractJob) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        cached = load_feature_file(path)
+    except WorkdirError:
+        return False
+    return len(cached.maps) == len(job.config.scales) and cached.maps[0].shape[0] == job.backbone.channels
+
+
+def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSummary:
+    """Compute and cache the features of every image of ``job`` not cached yet.
+
+    ``progress(1)`` is called after each image (cached ones included). Records the stage in
+    ``config.json`` when done.
+    """
+    progress = progress or no_progress
+    start = time.perf_counter()
+    computed = 0
+    for image_id in job.image_ids:
+        path = feature_path(job.folder, image_id)
+        if not _is_cached(path, job):
+            image_file = job.dataset.image_path(image_id)
+            bgr = load_bgr(image_file)
+            try:
+                maps, factors = compute_features(job.backbone, bgr, job.config.scales, job.device)
+            except ModelError as exc:
+                raise ModelError(f"{image_file}: {exc}") from None
+            save_feature_file(path, maps, factors, bgr.shape[:2])
+            computed += 1
+        progress(1)
+    info = features_info(job.folder)
+    job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
+                                     "stride": info.stride, "offset": info.offset,
+                                     "channels": info.channels,
+                                     "weights_source": job.backbone.weights_source})
+    return ExtractSummary(
+        folder=job.folder, images=len(job.image_ids), computed=computed,
+        skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,
+        cache_bytes=sum(p.stat().st_size for p in job.folder.glob("*.npz")),
+        weights=job.backbone.weights_source, device=str(job.device))
+
+
+def features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The features folder of the last ``sppdet extract`` in this work directory
+    (``WorkdirError`` if there is none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(STAGE)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no conv features; run sppdet extract first")
+    return folder
+
+
+def features_info(folder: str | os.PathLike) -> FeaturesInfo:
+    """The config and geometry (stride, offset, channels) of a features folder."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; run sppdet extract first")
+    data = read_json(path)
+    config = dict(data["config"], scales=tuple(data["config"]["scales"]))
+    return FeaturesInfo(config=ExtractConfig(**config), stride=int(data["stride"]),
+                        offset=float(data["offset"]), channels=int(data["channels"]))
+
+
+def load_features(folder: str | os.PathLike, image_id: str) -> FeatureFile:
+    """The cached maps of ``image_id`` (memory-mapped float16 ``[C, H_s, W_s]`` per scale, plus
+    scale factors ``[S]``); ``WorkdirError`` ("run sppdet extract first") if it is missing."""
+    path = feature_path(Path(folder), image_id)
+    if not path.is_file():
+        raise WorkdirError(f"{path}: no features for image {image_id!r}; run sppdet extract first "
+                           "(with --split covering this image)")
+    return load_feature_file(path)
