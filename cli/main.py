@@ -5,9 +5,13 @@ from __future__ import annotations
 import click
 
 from sppdet import __version__
+from cli.eval import eval_command
 from cli.extract import extract
+from cli.finetune import finetune
 from cli.propose import propose
 from cli.synth import synth
+from cli.train_bbox import train_bbox
+from cli.train_svm import train_svm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,9 +26,13 @@ def cli() -> None:
     """
 
 
+cli.add_command(eval_command)
 cli.add_command(extract)
+cli.add_command(finetune)
 cli.add_command(propose)
 cli.add_command(synth)
+cli.add_command(train_bbox)
+cli.add_command(train_svm)
 
 
 def main() -> None:

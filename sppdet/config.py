@@ -28,3 +28,63 @@ class ExtractConfig:
     weights: str = "none"  # hash of the weights file used ("none" = random init from seed)
     scales: tuple[int, ...] = (688,)  # shorter side; paper: 688, or (480, 576, 688, 864, 1200)
     seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)
+
+
+@dataclass(frozen=True)
+class SvmConfig:
+    """Per-class linear SVMs with hard-negative mining (SPEC section 8; R-CNN rcnn_train.m)."""
+
+    layer: str = "fc7"  # features the SVMs read: "fc7" (paper, after fine-tuning) or "pool5"
+    C: float = 1e-3  # hinge-loss weight in 0.5|w|^2 + C * sum(loss) (paper: 1e-3)
+    positive_weight: float = 2.0  # extra loss weight of positives (paper: 2, liblinear -w1 2)
+    bias_feature: float = 10.0  # constant appended to each vector, its weight = bias/10 (paper: 10)
+    target_norm: float = 20.0  # features are scaled to this mean L2 norm (paper: 20)
+    negative_overlap: float = 0.3  # negatives: proposals with IoU < this to every box of the class (0.3)
+    hard_threshold: float = -1.0001  # after the first image only negatives scoring above this are added
+    evict_threshold: float = -1.2  # after each retrain, cached negatives scoring below this are dropped
+    retrain_every: int = 2000  # retrain a class once it has added more than this many negatives (2,000)
+    negative_nms: float = 0.7  # drop a negative overlapping a harder one by IoU > this (paper: 0.7; 1 = off)
+    use_difficult: bool = True  # difficult ground-truth boxes are positives (R-CNN: yes)
+    tol: float = 1e-3  # liblinear stopping tolerance (R-CNN's liblinear 1.94 default: 0.1)
+    max_iter: int = 1000  # liblinear iteration cap (liblinear default: 1000)
+    seed: int = 0  # liblinear's coordinate order
+
+
+@dataclass(frozen=True)
+class BboxRegConfig:
+    """Per-class ridge box regression on pooled conv5 features (SPEC section 9)."""
+
+    min_overlap: float = 0.6  # train on windows with IoU > this to their best box (R-CNN 0.6, release 0.5)
+    ridge_lambda: float = 1000.0  # ridge penalty on the weights (R-CNN 1000, SPP_net release 4000)
+    target_norm: float = 20.0  # features are scaled to this mean L2 norm (paper: 20)
+    max_examples_per_class: int = 4000  # reservoir-sampled cap bounding memory (R-CNN: keeps all)
+    use_difficult: bool = True  # difficult boxes' own windows are examples (R-CNN: yes); always targets
+    seed: int = 0  # reservoir sampling
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7)."""
+
+    hidden: tuple[int, int] = (1024, 1024)  # fc6, fc7 sizes (paper: 4096, 4096; smaller suits small trunks)
+    epochs: int = 6  # passes over the split (the release: ~ 250k iterations on VOC07 trainval)
+    lr: float = 0.01  # SGD learning rate, 10x lower for the last quarter (release: 0.001 from ImageNet fc)
+    momentum: float = 0.9  # (paper: 0.9)
+    weight_decay: float = 5e-4  # (paper: 5e-4)
+    dropout: float = 0.5  # on fc6 and fc7 (paper: 0.5)
+    batch_size: int = 128  # windows per SGD step (release: 128)
+    windows_per_image: int = 64  # sampled from one image per pass (Fast R-CNN: 64)
+    fg_fraction: float = 0.25  # foreground share of the sampled windows (paper: 25%)
+    fg_iou: float = 0.5  # foreground: IoU >= this with a ground-truth box (paper: 0.5)
+    bg_iou_low: float = 0.1  # background: best IoU in [bg_iou_low, fg_iou) (paper: [0.1, 0.5))
+    seed: int = 0  # image order, window sampling and initialisation
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Test-time scoring (SPEC section 10)."""
+
+    nms: float = 0.3  # per-class NMS IoU threshold (paper: 0.3)
+    top_k: int = 100  # boxes kept per class per image (paper: 100)
+    score_threshold: float = -1.0  # SVM scores below this are dropped before NMS (R-CNN keeps all)
+    bbox_reg: bool = True  # refine boxes with the trained regressors when present

@@ -1,0 +1,80 @@
+"""``sppdet eval``: VOC AP per class for a split, of the trained detector or of saved detections."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from cli.common import (data_option, library_errors, progress_bar, quiet_option, split_option,
+                        stderr_console, stdout_console, workdir_option)
+from sppdet.data.voc import discover_classes, read_split
+from sppdet.detector import detect_split
+from sppdet.evaluate import METRICS, EvalResult, evaluate, load_ground_truth
+from sppdet.plots import plot_results
+from sppdet.results_io import read_detections, write_devkit_results, write_summary_json
+from sppdet.store import WorkDir
+
+
+def _table(result: EvalResult, split: str) -> Table:
+    table = Table(title=f"VOC AP ({result.metric}, IoU >= {result.iou_threshold:g}) on {split}")
+    table.add_column("class")
+    table.add_column("AP", justify="right")
+    table.add_column("positives", justify="right")
+    table.add_column("detections", justify="right")
+    for c in result.classes:
+        table.add_row(c.name, "n/a" if math.isnan(c.ap) else f"{c.ap:.4f}", str(c.npos), str(c.ndet))
+    table.add_section()
+    table.add_row("mAP", "n/a" if math.isnan(result.mAP) else f"{result.mAP:.4f}", "", "")
+    return table
+
+
+@click.command("eval")
+@workdir_option
+@data_option
+@split_option("test")
+@click.option("--metric", type=click.Choice(METRICS), default="voc07", show_default=True,
+              help="voc07: 11-point interpolated AP (VOC2007); area: area under the precision "
+                   "envelope (VOC2010+).")
+@click.option("--iou", "iou_threshold", type=click.FloatRange(0.0, 1.0), default=0.5,
+              show_default=True, help="A detection is a hit if its IoU is >= this.")
+@click.option("--detections", "detections_path", type=click.Path(exists=True), default=None,
+              help="Score saved detections instead of the work directory's detector: a folder of "
+                   "comp4_det_<split>_<class>.txt devkit results files or a COCO-style .json file.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the summary (metric, iou, split, mAP, per-class ap/npos/ndet) here.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Write one precision-recall curve PNG per class and a summary figure here.")
+@quiet_option
+def eval_command(workdir, data_root, split, metric, iou_threshold, detections_path, json_path,
+                 plots_dir, quiet):
+    """Score detections on a split with the Pascal VOC devkit's rules.
+
+    Prints AP, positives and detections per class, then the mAP. Without --detections, runs the
+    trained detector of the work directory and also writes its devkit results files there.
+
+    Example: sppdet eval --data data/VOC2007 --split test --detections results/ --json ap.json
+    """
+    with library_errors():
+        root = WorkDir(workdir).data_root(data_root)
+        classes = discover_classes(root)
+        image_ids = read_split(root, split)
+        with progress_bar(len(image_ids), "annotations", quiet) as advance:
+            annotations = load_ground_truth(root, split, progress=advance)
+        if detections_path is None:
+            with progress_bar(len(image_ids), "detect", quiet) as advance:
+                detections = detect_split(WorkDir(workdir), split, data_root=data_root, progress=advance)
+            folder = WorkDir(workdir).root / "results"
+            write_devkit_results(folder, split, detections, classes)
+            stderr_console.print(f"devkit results files written to {folder}")
+        else:
+            detections = read_detections(detections_path, split, classes, image_ids)
+        result = evaluate(annotations, detections, classes, metric=metric, iou_threshold=iou_threshold)
+        stdout_console.print(_table(result, split))
+        if json_path is not None:
+            write_summary_json(json_path, result, split)
+        if plots_dir is not None:
+            paths = plot_results(result, plots_dir, title=f"{split}: mAP {result.mAP:.4f}")
+            stderr_console.print(f"{len(paths)} plots written to {Path(plots_dir)}")

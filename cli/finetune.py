@@ -1,0 +1,61 @@
+"""``sppdet finetune``: train fc6/fc7/fc8 on cached pooled features, conv frozen."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from cli.common import data_option, library_errors, progress_bar, quiet_option, split_option, stdout_console, workdir_option
+from sppdet.config import FinetuneConfig
+from sppdet.finetune_stage import run_finetune
+from sppdet.store import WorkDir
+from sppdet.window_source import WindowSource
+
+DEFAULTS = FinetuneConfig()
+
+
+def _parse_hidden(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise click.BadParameter(f"{value!r}: expected two sizes, e.g. 4096,4096")
+    return sizes
+
+
+@click.command("finetune")
+@workdir_option
+@data_option
+@split_option("trainval")
+@click.option("--hidden", default=",".join(map(str, DEFAULTS.hidden)), show_default=True,
+              callback=_parse_hidden, help="fc6,fc7 sizes (paper: 4096,4096).")
+@click.option("--epochs", type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
+@click.option("--windows-per-image", type=click.IntRange(1), default=DEFAULTS.windows_per_image,
+              show_default=True, help="Windows sampled from each image per pass (25% foreground).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@quiet_option
+def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, seed, quiet):
+    """Train the fc head (fc6, fc7, fc8) on cached SPP features, conv frozen as in the paper.
+
+    Windows with IoU >= 0.5 to a ground-truth box are foreground, [0.1, 0.5) background; each
+    pass samples windows per image (25% foreground) from the caches. Starts from the head of
+    `sppdet pretrain` when its sizes match.
+
+    Example: sppdet finetune --hidden 1024,1024 --epochs 6
+    """
+    config = FinetuneConfig(hidden=hidden, epochs=epochs, lr=lr, windows_per_image=windows_per_image,
+                            seed=seed)
+    with library_errors():
+        work = WorkDir(workdir)
+        images = len(WindowSource(work, split, data_root).image_ids)
+        with progress_bar(epochs * images, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
+            summary = run_finetune(work, split, config, data_root, advance)
+    table = Table(title=f"sppdet finetune: {split}", show_header=False)
+    table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {summary.init}")
+    table.add_row("trained", f"{summary.epochs} epochs in {summary.seconds:.1f} s" if summary.trained
+                  else "already trained (cached)")
+    table.add_row("final loss / acc", f"{summary.final_loss:.4f} / {summary.final_accuracy:.3f}")
+    table.add_row("folder", str(summary.folder))
+    stdout_console.print(table)

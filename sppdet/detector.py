@@ -1,0 +1,118 @@
+"""A trained SPP-net detector: pooled windows in, scored and refined boxes out (SPEC section 10).
+
+Shape shorthand: R windows (proposals) of one image, D pooled dimension, K classes, N detections.
+Boxes follow ``sppdet.boxes``.
+
+Per image: every window is scored by every class's SVM (on fc7 of the fine-tuned head, or on
+pool5, whichever the SVMs were trained on); windows scoring below ``score_threshold`` are dropped;
+each remaining (window, class) pair is moved by that class's box regressor (when trained), clipped
+to the image, and per-class NMS at IoU 0.3 keeps at most ``top_k`` boxes per class. Everything is
+one matrix product per model and one batched NMS: no Python loop over windows or classes.
+
+:func:`detect_split` runs the detector over a split from the caches (``sppdet propose`` and
+``sppdet extract`` on that split first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sppdet.bbox_reg import BboxRegressor
+from sppdet.bbox_stage import trained_regressors
+from sppdet.boxes import batched_nms, clip, decode_deltas
+from sppdet.config import DetectConfig
+from sppdet.errors import WorkdirError
+from sppdet.evaluate import Detections
+from sppdet.finetune_stage import finetuned_head
+from sppdet.head import FcHead, fc7_features
+from sppdet.parallel import Progress, no_progress
+from sppdet.store import WorkDir
+from sppdet.svm import SvmModel
+from sppdet.svm_stage import STAGE as SVM_STAGE
+from sppdet.svm_stage import trained_svms
+from sppdet.window_source import WindowSource
+
+
+@dataclass
+class Detector:
+    """SVMs (+ the fc head when they read fc7) and optional box regressors, with test settings."""
+
+    classes: tuple[str, ...]
+    svms: SvmModel
+    head: FcHead | None
+    regressors: BboxRegressor | None
+    config: DetectConfig = DetectConfig()
+
+    @classmethod
+    def from_workdir(cls, workdir: WorkDir, feature_hash: str, in_dim: int,
+                     config: DetectConfig = DetectConfig()) -> "Detector":
+        """The models the work directory's last training stages recorded, each checked against
+        the pooled features ``feature_hash`` (``WindowSource.feature_hash``) of dimension ``in_dim``."""
+        record = require_trained(workdir)
+        head, svm_hash = None, f"{feature_hash}:pool5"
+        if record["layer"] == "fc7":
+            head, head_id = finetuned_head(workdir, feature_hash, in_dim)
+            svm_hash = f"{feature_hash}:fc7:{head_id}"
+        svms = trained_svms(workdir, svm_hash)
+        regressors = trained_regressors(workdir, feature_hash) if config.bbox_reg else None
+        return cls(svms.class_names, svms, head, regressors, config)
+
+    def score(self, pooled: np.ndarray) -> np.ndarray:
+        """SVM scores float32 [R, K] of pooled windows [R, D]."""
+        features = fc7_features(self.head, pooled) if self.head is not None else pooled
+        return self.svms.scores(features)
+
+    def detect(self, pooled: np.ndarray, windows: np.ndarray, image_hw: tuple[int, int]):
+        """Detections of one image: (boxes float32 [N, 4], scores float32 [N], labels int64 [N]
+        in 1..K), sorted by decreasing score, from pooled [R, D] of ``windows`` [R, 4]."""
+        scores = self.score(pooled)
+        rows, cols = np.nonzero(scores >= self.config.score_threshold)
+        boxes = windows[rows]
+        if self.regressors is not None and len(rows):
+            deltas = self.regressors.deltas_all_classes(pooled[np.unique(rows)])
+            position = np.searchsorted(np.unique(rows), rows)
+            boxes = decode_deltas(boxes, deltas[position, cols])
+        boxes = clip(boxes, *image_hw)
+        labels = cols.astype(np.int64) + 1
+        kept_scores = scores[rows, cols]
+        keep = batched_nms(boxes, kept_scores, labels, self.config.nms)  # by decreasing score
+        keep = keep[_rank_within_label(labels[keep]) < self.config.top_k]
+        return boxes[keep], kept_scores[keep], labels[keep]
+
+
+def require_trained(workdir: WorkDir) -> dict:
+    """The ``train-svm`` record of ``workdir``; ``WorkdirError`` saying which stages to run if none."""
+    record = workdir.config().get("stages", {}).get(SVM_STAGE)
+    if not record:
+        raise WorkdirError(f"{workdir.root}: no trained detector; run sppdet propose, extract, "
+                           "finetune, train-svm and train-bbox first")
+    return record
+
+
+def _rank_within_label(labels: np.ndarray) -> np.ndarray:
+    """For labels [N] listed in decreasing score, each row's 0-based rank among its own label."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(labels)]))
+    ranks = np.empty(len(labels), np.int64)
+    ranks[order] = np.arange(len(labels)) - run_start
+    return ranks
+
+
+def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
+                 progress: Progress = no_progress) -> Detections:
+    """The trained detector run over every image of ``split`` from the caches."""
+    require_trained(workdir)
+    source = WindowSource(workdir, split, data_root)
+    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config)
+    per_image = {}
+    for image_id in source.image_ids:
+        windows = source.proposals(image_id)
+        annotation = source.dataset.annotation(image_id)
+        per_image[image_id] = detector.detect(source.pool(image_id, windows), windows,
+                                              (annotation.height, annotation.width))
+        progress(1)
+    return Detections.from_images(per_image)

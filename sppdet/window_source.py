@@ -1,0 +1,100 @@
+"""Pooled SPP windows of a split's images, read from the work directory's caches.
+
+Shape shorthand: P proposals, G ground-truth boxes, R windows, K classes, D = C * sum(n^2).
+Boxes follow ``sppdet.boxes``. Every training stage (finetune, train-svm, train-bbox) and the
+split evaluation read windows through :class:`WindowSource`, so they all see the same proposals
+(``sppdet propose``), the same feature maps (``sppdet extract``) and the same pooling
+(``sppdet.spp.pool_windows`` with the trunk's stride and offset). One image at a time: memory
+never grows with the dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sppdet.data.voc import VocDataset
+from sppdet.extract_stage import features_dir, features_info, load_features
+from sppdet.propose_stage import load_proposals, proposals_dir
+from sppdet.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.store import WorkDir
+from sppdet.windows import ImageWindows, estimate_feature_scale, make_image_windows
+
+
+class WindowSource:
+    """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``."""
+
+    def __init__(self, workdir: WorkDir, split: str, data_root=None, levels=LEVELS):
+        self.workdir = workdir
+        self.dataset = VocDataset(workdir.data_root(data_root), split, check_images=False)
+        self.classes = self.dataset.classes
+        self.levels = tuple(levels)
+        self.features_folder = features_dir(workdir)
+        self.info = features_info(self.features_folder)
+        self.proposals_folder = proposals_dir(workdir)
+        self.dim = pooled_dim(self.info.channels, self.levels)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.dataset.image_ids
+
+    @property
+    def feature_hash(self) -> str:
+        """Identity of the pooled features: the features folder's hash plus the pyramid levels."""
+        levels = "-".join(map(str, self.levels))
+        return f"{self.workdir.stage_hash(self.features_folder)}:L{levels}"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input hashes of a stage trained on these windows (for ``WorkDir.stage_dir``)."""
+        return {"features": self.feature_hash,
+                "proposals": self.workdir.stage_hash(self.proposals_folder),
+                "split": self.dataset.split, "data": str(self.dataset.root)}
+
+    def ground_truth(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes float32 [G, 4], labels int64 [G] in 1..K (-1: class outside the list),
+        difficult bool [G]) of one image."""
+        annotation = self.dataset.annotation(image_id)
+        return annotation.boxes, annotation.labels(self.classes), annotation.difficult
+
+    def proposals(self, image_id: str) -> np.ndarray:
+        """The cached proposals float32 [P, 4] of one image."""
+        return load_proposals(self.proposals_folder, image_id)
+
+    def pool(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
+        """Pooled conv5 vectors float32 [R, D] of ``boxes`` [R, 4] (original image pixels)."""
+        if len(boxes) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        cached = load_features(self.features_folder, image_id)
+        pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
+                              self.info.offset, levels=self.levels)
+        return pooled.numpy()
+
+
+def image_windows(source: WindowSource, image_id: str, transform=None, proposals: np.ndarray | None = None,
+                  use_difficult: bool = True) -> ImageWindows:
+    """One image's :class:`ImageWindows`: ground-truth rows, then ``proposals`` [P, 4] (default:
+    all cached proposals; pass an empty array for ground truth only). ``transform`` maps pooled
+    [R, D] to the features the model reads (e.g. fc7); default: pool5 itself."""
+    gt_boxes, gt_labels, difficult = source.ground_truth(image_id)
+    proposals = source.proposals(image_id) if proposals is None else proposals
+    pooled = source.pool(image_id, np.concatenate([gt_boxes, proposals]))
+    features = transform(pooled) if transform is not None else pooled
+    return make_image_windows(features, gt_boxes, gt_labels, proposals, len(source.classes),
+                              difficult, use_difficult)
+
+
+def sample_feature_scale(source: WindowSource, target_norm: float, transform=None, images: int = 200,
+                         windows: int = 200, seed: int = 0) -> float:
+    """R-CNN's feature scale: ``target_norm`` / mean L2 norm of ``windows`` random proposals from
+    each of ``images`` random images (seeded), after ``transform``."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(source.image_ids)[:images]
+
+    def samples():
+        for image_id in ids:
+            proposals = source.proposals(image_id)
+            chosen = proposals[rng.permutation(len(proposals))[:windows]]
+            pooled = source.pool(image_id, chosen)
+            yield transform(pooled) if transform is not None else pooled
+
+    return estimate_feature_scale(samples(), target_norm)
