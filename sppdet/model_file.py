@@ -44,4 +44,3 @@ def read_model_file(path, kind: str, command: str, feature_hash: str | None = No
         raise ModelError(f"{path}: trained on {metadata.get('feature_dim')}-d features, these are "
                          f"{feature_dim}-d; re-run `{command}`")
     return arrays, metadata
-

@@ -93,4 +93,3 @@ def collect_positives(images: Iterable[ImageWindows]) -> tuple[np.ndarray, np.nd
     if not feats:
         raise ModelError("no images to collect positives from; check the split")
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
-

@@ -1,0 +1,321 @@
+"""Detection on new image files: a trained work directory applied to images outside its dataset.
+
+Shape shorthand: P proposals of one image, C conv5 channels, D = C * sum(n^2) the pooled length
+(levels 1, 2, 3, 6), K classes, N detections. Boxes follow ``sppdet.boxes``.
+
+Per image (SPEC section 10): selective search with the ``ProposeConfig`` the work directory's
+``propose`` stage recorded; conv features from the trunk that computed the recorded features
+folder (same backbone, width, weights, scales and seed), rebuilt once per run; SPP pooling with
+that trunk's geometry; then ``sppdet.detector.Detector`` (fc head, SVMs, box regression,
+per-class NMS, top-k). The SVMs and regressors only apply to that exact trunk, so a weights file
+that no longer hashes to the folder's recorded ``weights`` id is a ``ModelError``.
+
+Inputs (:func:`expand_inputs`): files (taken whatever their suffix), directories (their image files
+by ``IMAGE_SUFFIXES``, not recursive) and glob patterns (expanded here, ``**`` included, so quoted
+patterns behave the same on every shell), each sorted, duplicates dropped. A directory or pattern
+without image files is an error before any work; a named file that is missing or unreadable is
+an error of that image only: the other images are still processed.
+
+Cache: ``WORKDIR/detect-cache-<hash>/``, the hash covering the propose config, the features
+folder's hash and the format version (``WorkDir.stage_dir``), so other proposal or trunk settings
+never reuse it. Per image, keyed by the SHA-256 of the file's bytes (a renamed or copied image
+hits, an edited one misses): ``<sha>.proposals.npy`` (float32 [P, 4]) and ``<sha>.npz`` (the maps
+in ``sppdet.features``' format), written atomically; an invalid file is recomputed. The cache is
+never pruned: delete the folder to reclaim the space.
+
+Score threshold: ``DEFAULT_SCORE_THRESHOLD = 0.0``, the SVMs' decision boundary (score >= 0: the
+SVM's "object" side), for the drawn boxes and the JSON alike. (``DetectConfig`` and ``sppdet eval``
+keep scores down to -1, because AP rewards the extra recall; pass ``--score-threshold -1`` for a
+JSON meant for scoring.)
+
+Outputs: an annotated copy of each image (``sppdet.draw``) under its file name in the output
+folder, in the same format (``sppdet.draw.write_image``; a file without an image suffix gets
+``.png``), in colour even for a grayscale input. One COCO-style JSON for the run
+(``sppdet.results_io.write_coco_json``) whose image_id is the file stem, so two inputs sharing a
+stem are refused. Timing (``DetectRun.seconds``) covers the per-image loop: loading the models and
+building the trunk happen once, before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sppdet.backbones import Backbone, build_backbone, resolve_device
+from sppdet.config import DetectConfig, ProposeConfig
+from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
+from sppdet.detector import Detector, require_trained
+from sppdet.draw import draw_detections, write_image
+from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
+from sppdet.evaluate import Detections
+from sppdet.extract_stage import STAGE as EXTRACT_STAGE
+from sppdet.extract_stage import FeaturesInfo, features_dir, features_info
+from sppdet.features import compute_features, load_feature_file, save_feature_file
+from sppdet.parallel import Progress, no_progress
+from sppdet.propose_stage import STAGE as PROPOSE_STAGE
+from sppdet.propose_stage import read_valid
+from sppdet.proposals import selective_search
+from sppdet.results_io import write_coco_json
+from sppdet.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.store import WorkDir, atomic_save_npy, file_hash
+
+DEFAULT_SCORE_THRESHOLD = 0.0
+DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
+CACHE_STAGE = "detect-cache"
+KEY_CHARS = 32  # hex digits of the SHA-256 of an image file naming its cache files
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's detections: ``boxes`` float32 [N, 4] (x1, y1, x2, y2), ``scores`` float32 [N],
+    ``labels`` int64 [N] in 1..K, by decreasing score; ``computed`` is True when its proposals or
+    features were not cached yet; ``annotated`` the written copy (None when not asked for)."""
+
+    path: Path
+    image_id: str
+    image_hw: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    computed: bool
+    seconds: float
+    annotated: Path | None
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """An image that could not be processed; ``message`` names the file."""
+
+    path: Path
+    message: str
+
+
+@dataclass
+class DetectRun:
+    """A run over image files: the class names (label k is ``classes[k - 1]``), the per-image
+    results and errors in input order, the cache folder, the JSON written (or None), and the
+    seconds of the per-image loop."""
+
+    classes: tuple[str, ...]
+    cache_folder: Path
+    results: list[ImageResult] = field(default_factory=list)
+    errors: list[ImageError] = field(default_factory=list)
+    json_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def computed(self) -> int:
+        """Images whose proposals or features were computed (not found in the cache)."""
+        return sum(r.computed for r in self.results)
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Loop seconds per image attempted (None if there was none)."""
+        attempted = len(self.results) + len(self.errors)
+        return self.seconds / attempted if attempted else None
+
+    def detections(self) -> Detections:
+        """Every result as ``Detections`` over the image ids (file stems) of ``results``."""
+        return Detections.from_images({r.image_id: (r.boxes, r.scores, r.labels) for r in self.results})
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by ``inputs`` (files, directories, glob patterns), in order, deduplicated.
+
+    An existing path wins over its reading as a pattern (a file name may contain ``[``). A missing
+    plain file is kept (it fails later as that image's error); a directory or a pattern without
+    image files raises ``DatasetError`` naming it.
+    """
+    found: list[Path] = []
+    for text in map(str, inputs):
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = _image_files(path)
+        elif path.exists() or not any(c in text for c in "*?["):
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            kind = "directory" if path.is_dir() else "pattern"
+            raise DatasetError(f"{text}: {kind} matches no image files (suffixes: "
+                               f"{', '.join(IMAGE_SUFFIXES)})")
+        found.extend(files)
+    unique = {p.resolve(): p for p in reversed(found)}  # the first mention of a file wins
+    return [p for p in found if unique.get(p.resolve()) is p]
+
+
+def annotated_name(path: Path) -> str:
+    """The annotated copy's file name: the input's, or ``<stem>.png`` without an image suffix."""
+    return path.name if path.suffix.lower() in IMAGE_SUFFIXES else f"{path.stem}.png"
+
+
+def check_names(paths: Sequence[Path], out_dir: Path | None) -> None:
+    """Refuse two inputs with one image id (file stem), and an output over its own input."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DatasetError(f"{seen[path.stem]} and {path} share the image id {path.stem!r} (the "
+                               "file stem used in the JSON and the annotated names); detect them "
+                               "in separate runs with different --out")
+        seen[path.stem] = path
+        if out_dir is not None and (Path(out_dir) / annotated_name(path)).resolve() == path.resolve():
+            raise ConfigError(f"--out {out_dir}: the annotated copy would overwrite the input {path}; "
+                              "choose another --out")
+
+
+def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
+    """The ``ProposeConfig`` of the work directory's last ``propose`` run."""
+    record = workdir.config().get("stages", {}).get(PROPOSE_STAGE)
+    try:
+        return ProposeConfig(**record["config"])
+    except (TypeError, KeyError):
+        raise WorkdirError(f"{workdir.config_path}: no usable propose record; run sppdet propose "
+                           "(then extract, finetune, train-svm, train-bbox) again") from None
+
+
+def rebuild_trunk(workdir: WorkDir, folder: Path, info: FeaturesInfo) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``),
+    rebuilt from the extract stage's record. ``ModelError`` if its weights file is gone or no
+    longer hashes to the id the features were computed with."""
+    config = info.config
+    weights = "none"
+    if config.weights != "none":
+        record = workdir.config().get("stages", {}).get(EXTRACT_STAGE) or {}
+        source = record.get("weights_source") if record.get("folder") == folder.name else None
+        if not source or not Path(source).is_file():
+            raise ModelError(f"{source or folder}: the trunk weights of the features {folder.name} "
+                             "are missing; restore the file, or re-run sppdet extract, finetune, "
+                             "train-svm and train-bbox")
+        weights = source
+    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    built = (net.weights_id, net.channels, net.stride, net.offset)
+    if built != (config.weights, info.channels, info.stride, info.offset):
+        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
+                         f"is not the one that computed {folder} (weights {config.weights}); restore "
+                         "the weights file, or re-run sppdet extract, finetune, train-svm and train-bbox")
+    return net
+
+
+class ImageDetector:
+    """A trained work directory ready to run on image files (models and trunk loaded once).
+
+    ``config``: test settings (NMS, top-k, score threshold, box regression); ``device``:
+    "auto", "cpu" or "cuda" for the trunk and the pooling.
+    """
+
+    def __init__(self, workdir: str | os.PathLike | WorkDir | None,
+                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto"):
+        work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+        require_trained(work)
+        self.propose_config = recorded_propose_config(work)
+        self.features_folder = features_dir(work)
+        self.info = features_info(self.features_folder)
+        self.device = resolve_device(device)
+        self.backbone = rebuild_trunk(work, self.features_folder, self.info)
+        features_hash = work.stage_hash(self.features_folder)
+        self.dim = pooled_dim(self.info.channels, LEVELS)
+        # the pooled-feature identity the models were trained on (WindowSource.feature_hash)
+        pooled_hash = f"{features_hash}:L{'-'.join(map(str, LEVELS))}"
+        self.detector = Detector.from_workdir(work, pooled_hash, self.dim, config)
+        self.classes = self.detector.classes
+        self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
+                                           inputs={"features": features_hash})
+
+    def _proposals(self, bgr: np.ndarray, key: str) -> tuple[np.ndarray, bool]:
+        path = self.cache_folder / f"{key}.proposals.npy"
+        boxes = read_valid(path)
+        if boxes is not None:
+            return boxes, False
+        boxes = selective_search(bgr, self.propose_config)
+        atomic_save_npy(path, boxes)
+        return boxes, True
+
+    def _features(self, bgr: np.ndarray, key: str, image: Path) -> tuple[list, np.ndarray, bool]:
+        path = self.cache_folder / f"{key}.npz"
+        scales = self.info.config.scales
+        try:
+            cached = load_feature_file(path) if path.is_file() else None
+        except WorkdirError:
+            cached = None
+        if (cached is not None and len(cached.maps) == len(scales)
+                and cached.maps[0].shape[0] == self.info.channels
+                and tuple(cached.image_hw) == bgr.shape[:2]):
+            return cached.maps, cached.scale_factors, False
+        try:
+            maps, factors = compute_features(self.backbone, bgr, scales, self.device)
+        except ModelError as exc:
+            raise ModelError(f"{image}: {exc}") from None
+        save_feature_file(path, maps, factors, bgr.shape[:2])
+        return maps, factors, True
+
+    def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
+        """Detect in one image file: (its uint8 BGR [H, W, 3], its ``ImageResult`` without an
+        annotated copy). Proposals and features come from the cache when present.
+        ``DatasetError`` naming the file if it cannot be read as an image."""
+        start = time.perf_counter()
+        path = Path(path)
+        bgr = load_bgr(path)
+        key = file_hash(path, chars=KEY_CHARS)
+        proposals, new_proposals = self._proposals(bgr, key)
+        maps, factors, new_features = self._features(bgr, key, path)
+        if len(proposals):
+            pooled = pool_windows(maps, factors, proposals, self.info.stride, self.info.offset,
+                                  LEVELS, device=self.device).cpu().numpy()
+        else:
+            pooled = np.zeros((0, self.dim), np.float32)
+        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2])
+        return bgr, ImageResult(path, path.stem, bgr.shape[:2], boxes, scores, labels,
+                                new_proposals or new_features, time.perf_counter() - start, None)
+
+
+def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
+                 out_dir: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
+                 progress: Progress | None = None) -> DetectRun:
+    """Run ``detector`` on image files (``expand_inputs`` resolves folders and patterns).
+
+    Writes an annotated copy of each image into ``out_dir`` and one COCO-style JSON of every
+    detection to ``json_path`` (each skipped when None). An image that fails becomes an
+    ``ImageError`` and the others go on; clashing names (:func:`check_names`) or an output folder
+    that cannot be created raise before any image is processed. ``progress(1)`` is called after
+    each image.
+    """
+    progress = progress or no_progress
+    paths = [Path(p) for p in paths]
+    out = None if out_dir is None else Path(out_dir)
+    check_names(paths, out)
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SppdetError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+    run = DetectRun(detector.classes, detector.cache_folder)
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            bgr, result = detector.detect(path)
+            if out is not None:
+                annotated = out / annotated_name(path)
+                write_image(annotated, draw_detections(bgr, result.boxes, result.scores,
+                                                       result.labels, detector.classes))
+                result = dataclasses.replace(result, annotated=annotated)
+            run.results.append(result)
+        except SppdetError as exc:
+            run.errors.append(ImageError(path, str(exc)))
+        progress(1)
+    run.seconds = time.perf_counter() - start
+    if json_path is not None:
+        write_coco_json(json_path, run.detections(), detector.classes)
+        run.json_path = Path(json_path)
+    return run

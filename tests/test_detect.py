@@ -1,0 +1,278 @@
+"""``sppdet detect``: drawing, input expansion, and detection on new files with a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.detect import detect
+from sppdet.backbones import build_backbone
+from sppdet.bbox_stage import run_train_bbox
+from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
+from sppdet.data.voc import Annotation, write_annotation, write_split
+from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
+                                  expand_inputs, rebuild_trunk)
+from sppdet.detector import detect_split
+from sppdet.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
+from sppdet.errors import ConfigError, DatasetError, ModelError
+from sppdet.extract_stage import features_dir, features_info, prepare_extract, run_extract
+from sppdet.finetune_stage import run_finetune
+from sppdet.propose_stage import prepare_propose, run_propose
+from sppdet.store import WorkDir
+from sppdet.svm_stage import run_train_svm
+
+CLASSES = ("disc", "square")
+TINY = dict(backbone="zf5", width=0.125, scales=(96,), device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing
+
+
+def test_draw_detections_draws_boxes_and_labels_only():
+    image = np.full((120, 160, 3), 90, np.uint8)
+    boxes = np.array([[20.0, 30.0, 80.0, 90.0]], np.float32)
+    out = draw_detections(image, boxes, [0.9], [2], CLASSES)
+    assert out.shape == (120, 160, 3) and out.dtype == np.uint8
+    assert (image == 90).all(), "the input must not be modified"
+    colour = class_colour(2)
+    # the outline covers the box's pixels: columns 20..79, rows 30..89
+    for y, x in [(60, 20), (60, 79), (89, 50), (30, 50)]:
+        assert tuple(out[y, x]) == colour
+    assert (out[40:80, 30:70] == 90).all(), "the box's inside stays untouched"
+    assert (out[:30, 20:60] != 90).any(), "the label sits above the box"
+    assert (out[95:, :] == 90).all() and (out[:, 100:] == 90).all()
+
+
+def test_draw_detections_edge_cases():
+    gray = np.full((60, 80), 200, np.uint8)
+    empty = draw_detections(gray, np.zeros((0, 4)), [], [], CLASSES)
+    assert empty.shape == (60, 80, 3) and (empty == 200).all()
+    # a box at the top edge reaching past the image: clipped, label inside the box
+    out = draw_detections(gray, [[-5.0, 0.0, 200.0, 50.0]], [1.5], [1], CLASSES)
+    assert tuple(out[0, 40]) == class_colour(1) and tuple(out[49, 40]) == class_colour(1)
+    assert tuple(out[30, 0]) == class_colour(1) and tuple(out[30, 79]) == class_colour(1)
+    assert (out[5:15, :40] != 200).any()
+    with pytest.raises(ValueError):
+        draw_detections(gray, [[0, 0, 5, 5]], [1.0, 2.0], [1], CLASSES)
+
+
+def test_colours_and_thickness():
+    assert len({class_colour(k) for k in range(1, len(PALETTE) + 1)}) == len(PALETTE)
+    assert class_colour(1) == class_colour(1 + len(PALETTE))
+    assert [line_thickness(h, w) for h, w in ((120, 160), (300, 400), (750, 1000), (3000, 4000))] == [
+        1, 2, 4, 17]
+
+
+def test_write_image_keeps_the_format(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "a.png")), image)
+    write_image(tmp_path / "b.JPG", image)
+    assert (tmp_path / "b.JPG").read_bytes()[:2] == b"\xff\xd8"
+    with pytest.raises(DatasetError, match="cannot write .xyz"):
+        write_image(tmp_path / "c.xyz", image)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def test_expand_inputs(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "deeper").mkdir(parents=True)
+    for name in ("b.png", "a.JPG", "notes.txt", "deeper/c.jpeg"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    assert expand_inputs([folder]) == [folder / "a.JPG", folder / "b.png"]
+    assert expand_inputs([str(folder / "*.png"), str(folder / "**" / "*.jpeg")]) == [
+        folder / "b.png", folder / "deeper" / "c.jpeg"]
+    # duplicates dropped (first mention wins); a named file is kept whatever its suffix or state
+    assert expand_inputs([folder / "b.png", folder, folder / "notes.txt", tmp_path / "gone.jpg"]) == [
+        folder / "b.png", folder / "a.JPG", folder / "notes.txt", tmp_path / "gone.jpg"]
+    with pytest.raises(DatasetError, match="empty"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(DatasetError, match=r"nothing\*\.png: pattern matches no image files"):
+        expand_inputs([str(tmp_path / "nothing*.png")])
+
+
+def test_check_names(tmp_path):
+    with pytest.raises(DatasetError, match="share the image id 'x'"):
+        check_names([tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg"], None)
+    with pytest.raises(ConfigError, match="overwrite the input"):
+        check_names([tmp_path / "x.png"], tmp_path)
+    check_names([tmp_path / "x.png", tmp_path / "y.png"], tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny trained work directory
+
+
+def _scene(rng: np.random.Generator, height: int = 120, width: int = 160):
+    """A noisy background with 1-2 filled shapes: (BGR image, boxes [G, 4], names)."""
+    image = rng.normal(110, 25, (height, width, 3)).clip(0, 255).astype(np.uint8)
+    boxes, names = [], []
+    for _ in range(rng.integers(1, 3)):
+        name = CLASSES[rng.integers(len(CLASSES))]
+        size = int(rng.integers(28, 50))
+        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if name == "square":
+            cv2.rectangle(image, (x, y), (x + size - 1, y + size - 1), colour, cv2.FILLED)
+        else:
+            cv2.circle(image, (x + size // 2, y + size // 2), size // 2, colour, cv2.FILLED)
+        boxes.append([x, y, x + size, y + size])
+        names.append(name)
+    return image, np.array(boxes, np.float32), tuple(names)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(work directory, dataset root, folder of new images) with every stage trained."""
+    base = tmp_path_factory.mktemp("detect")
+    root, work = base / "voc", base / "work"
+    rng = np.random.default_rng(0)
+    ids = [f"{i:03d}" for i in range(8)]
+    for image_id in ids:
+        image, boxes, names = _scene(rng)
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
+        write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
+            image_id=image_id, width=160, height=120, boxes=boxes, names=names,
+            difficult=np.zeros(len(names), bool), filename=f"{image_id}.png"))
+    write_split(root, "trainval", ids)
+    run_propose(prepare_propose(work, ProposeConfig(max_proposals=300), "trainval", root), workers=1)
+    run_extract(prepare_extract(work, split="trainval", **TINY))
+    workdir = WorkDir(work)
+    run_finetune(workdir, "trainval", FinetuneConfig(hidden=(32, 32), epochs=2))
+    run_train_svm(workdir, "trainval", SvmConfig(layer="fc7"))
+    run_train_bbox(workdir, "trainval")
+
+    new = base / "new"
+    new.mkdir()
+    image, _, _ = _scene(np.random.default_rng(1))
+    cv2.imwrite(str(new / "gray.png"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    image, _, _ = _scene(np.random.default_rng(2), 100, 150)
+    alpha = np.full((100, 150, 1), 255, np.uint8)
+    alpha[:10] = 0
+    cv2.imwrite(str(new / "rgba.png"), np.concatenate([image, alpha], axis=2))
+    return work, root, new
+
+
+def _cache_mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.suffix in (".npy", ".npz")}
+
+
+def test_detect_command_writes_images_and_json(trained, tmp_path):
+    work, _, new = trained
+    out = tmp_path / "out"
+    result = CliRunner().invoke(detect, [str(new / "*.png"), "--workdir", str(work), "--out", str(out),
+                                         "--score-threshold", "-1", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "s per image" in result.stdout and "rgba.png" in result.stdout
+    for name, hw in (("gray.png", (120, 160)), ("rgba.png", (100, 150))):
+        annotated = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert annotated.shape == (*hw, 3), name
+    entries = json.loads((out / "detections.json").read_text())
+    assert entries and {e["image_id"] for e in entries} <= {"gray", "rgba"}
+    for entry in entries:
+        assert set(entry) == {"image_id", "category_id", "category", "bbox", "score"}
+        assert 1 <= entry["category_id"] <= len(CLASSES)
+        assert entry["category"] == CLASSES[entry["category_id"] - 1]
+        x, y, w, h = entry["bbox"]
+        height, width = (120, 160) if entry["image_id"] == "gray" else (100, 150)
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert math.isfinite(entry["score"]) and entry["score"] >= -1
+
+
+def test_second_run_uses_the_cache(trained, tmp_path):
+    work, _, new = trained
+    paths = [new / "gray.png", new / "rgba.png"]
+    detector = ImageDetector(work, DetectConfig(score_threshold=-1.0), "cpu")
+    first = detect_files(detector, paths, tmp_path / "a", tmp_path / "a.json")
+    before = _cache_mtimes(first.cache_folder)
+    assert len(before) == 4  # proposals and features of each image
+    second = detect_files(ImageDetector(work, DetectConfig(score_threshold=-1.0), "cpu"), paths,
+                          tmp_path / "b", tmp_path / "b.json")
+    assert second.computed == 0 and not second.errors and len(second.detections()) > 0
+    assert _cache_mtimes(second.cache_folder) == before
+    for a, b in zip(first.results, second.results):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    # a higher threshold reuses the cache and keeps a subset
+    strict = detect_files(ImageDetector(work, DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD), "cpu"),
+                          paths)
+    assert strict.computed == 0
+    assert all((r.scores >= 0).all() for r in strict.results)
+    assert len(strict.detections()) <= len(second.detections())
+
+
+def test_same_detections_as_the_split_pipeline(trained, tmp_path):
+    """A dataset image detected as a new file gets exactly the detections of ``detect_split``:
+    same proposals, same trunk, same pooling."""
+    work, root, _ = trained
+    copy = tmp_path / "renamed.png"
+    shutil.copy(root / "JPEGImages" / "003.png", copy)
+    config = DetectConfig(score_threshold=-1.0)
+    run = detect_files(ImageDetector(work, config, "cpu"), [copy])
+    split = detect_split(WorkDir(work), "trainval", config)
+    rows = split.image_index == split.images.index("003")
+    (result,) = run.results
+    assert len(result.scores) > 0
+    np.testing.assert_allclose(result.boxes, split.boxes[rows], atol=1e-4)
+    np.testing.assert_allclose(result.scores, split.scores[rows], atol=1e-5)
+    np.testing.assert_array_equal(result.labels, split.labels[rows])
+
+
+def test_unreadable_file_is_one_error_line(trained, tmp_path):
+    work, _, new = trained
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(detect, [str(broken), str(new / "gray.png"), "--workdir", str(work),
+                                         "--out", str(out), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 1
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1 and "broken.png" in error_lines[0], result.stderr
+    assert (out / "gray.png").is_file() and not (out / "broken.png").exists()
+    assert "1 of 2 images" in result.stdout
+    assert {e["image_id"] for e in json.loads((out / "detections.json").read_text())} <= {"gray"}
+    run = detect_files(ImageDetector(work, device="cpu"), [tmp_path / "gone.jpg", new / "rgba.png"])
+    assert [r.image_id for r in run.results] == ["rgba"]
+    assert len(run.errors) == 1 and "gone.jpg: cannot read image" in run.errors[0].message
+
+
+def test_missing_pattern_and_untrained_workdir(trained, tmp_path):
+    work, _, new = trained
+    result = CliRunner().invoke(detect, [str(tmp_path / "none*.jpg"), "--workdir", str(work)])
+    assert result.exit_code == 1 and "matches no image files" in result.stderr
+    result = CliRunner().invoke(detect, [str(new / "gray.png"), "--workdir", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train-svm" in lines[0] and "Traceback" not in result.output
+
+
+def test_rebuilt_trunk_must_match_the_features(trained, tmp_path):
+    _, root, _ = trained
+    weights = tmp_path / "trunk.pt"
+    torch.save(build_backbone("zf5", 0.125, seed=3).trunk.state_dict(), weights)
+    work = WorkDir(tmp_path / "work")
+    job = prepare_extract(work.root, split="trainval", weights=weights, data_root=root, **TINY)
+    run_extract(job)
+    folder = features_dir(work)
+    info = features_info(folder)
+    assert rebuild_trunk(work, folder, info).weights_id == info.config.weights
+    torch.save(build_backbone("zf5", 0.125, seed=4).trunk.state_dict(), weights)
+    with pytest.raises(ModelError, match="is not the one that computed"):
+        rebuild_trunk(work, folder, info)
+    weights.unlink()
+    with pytest.raises(ModelError, match="are missing"):
+        rebuild_trunk(work, folder, info)
+
