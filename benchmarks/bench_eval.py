@@ -85,7 +85,7 @@ def main() -> None:
     for name, mean_objects in variants:
         annotations, detections = make_data(args.images, mean_objects)
         for metric in ("voc07", "area"):
-            seconds, result = timed(lambda: evaluate(annotations, detections, VOC_CLASSES, metric),
+            seconds, result = timed(lambda: evaluate(annotations, detections, VOC_CLASSES, metric),  # noqa: B023
                                     args.repeat)
             rows.append((f"evaluate {metric}, {name}", len(detections), seconds, result.mAP))
             record[f"evaluate_{metric}_{int(mean_objects)}_s"] = [round(t, 3) for t in seconds]

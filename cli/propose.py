@@ -19,7 +19,7 @@ DEFAULTS = ProposeConfig()
 @split_option("trainval")
 @workdir_option
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULTS.mode, show_default=True,
-              help="Selective search mode (paper: fast; quality finds more boxes, ~4x slower).")
+              help="Selective search mode (paper: fast; quality: ~2.5x the boxes, ~3x slower).")
 @click.option("--max-proposals", type=click.IntRange(min=1), default=DEFAULTS.max_proposals,
               show_default=True, help="Boxes kept per image (paper: ~2,000).")
 @click.option("--min-size", type=click.IntRange(min=0), default=DEFAULTS.min_size,
@@ -34,9 +34,9 @@ def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, 
     """Run selective search on every image of a split and cache the boxes.
 
     One float32 [N, 4] file per image in WORKDIR/proposals-<hash>, the hash covering these
-    settings and the dataset. Re-running skips images already done. The first --data is
-    recorded, so later commands need none. Prints proposals per image and the recall of the
-    ground-truth boxes, also written to summary-<split>.json in the folder.
+    settings and the dataset. Re-running skips images already done. --data is recorded in
+    the work directory, so later commands need none. Prints proposals per image and the
+    recall of the ground-truth boxes, also written to summary-<split>.json in the folder.
 
     Example: sppdet propose --data data/synth --split trainval --workers 4
     """
@@ -47,8 +47,9 @@ def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, 
         with progress_bar(len(job.todo), f"propose {split}", quiet=quiet) as advance:
             summary = run_propose(job, workers=workers, progress=advance)
     table = Table(title=f"sppdet propose: {split}", show_header=False)
+    cached = len(job.image_ids) - summary.computed
     table.add_row("images", f"{summary.images} of {summary.images_in_split} in the split "
-                            f"({summary.computed} computed, {len(job.image_ids) - summary.computed} cached)")
+                            f"({summary.computed} computed, {cached} cached)")
     table.add_row("proposals / image", f"mean {summary.proposals_mean:.0f}, "
                                        f"min {summary.proposals_min}, max {summary.proposals_max}")
     speed = ("nothing computed" if summary.seconds_per_image is None

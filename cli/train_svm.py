@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import data_option, library_errors, progress_bar, quiet_option, split_option, stdout_console, workdir_option
+from cli.common import (data_option, library_errors, progress_bar, quiet_option, split_option,
+                        stdout_console, workdir_option)
 from sppdet.config import SvmConfig
 from sppdet.store import WorkDir
 from sppdet.svm_stage import LAYERS, run_train_svm

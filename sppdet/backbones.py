@@ -195,7 +195,7 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
         raise ModelError(f"{path}: weights file not found; pass none, imagenet or an existing state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean "not loadable"
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; all mean "not loadable"
         first_line = (str(exc).splitlines() or [""])[0]
         raise ModelError(f"{path}: not a loadable state dict ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class ProposeConfig:
     """Selective search (SPEC section 1)."""
 
-    mode: str = "fast"  # "fast" (paper: fast mode, HSV+Lab, k in {50,100,150,300}) or "quality"
+    mode: str = "fast"  # "fast" (paper; HSV+Lab, OpenCV's k in {150,300,450}) or "quality"
     max_proposals: int = 2000  # boxes kept per image (paper: ~2,000)
     min_size: int = 16  # px; smaller boxes are dropped (original: min box width 20)
     max_side: int = 500  # px; larger images are downscaled for the search, boxes scaled back
@@ -88,3 +88,4 @@ class DetectConfig:
     top_k: int = 100  # boxes kept per class per image (paper: 100)
     score_threshold: float = -1.0  # SVM scores below this are dropped before NMS (R-CNN keeps all)
     bbox_reg: bool = True  # refine boxes with the trained regressors when present
+

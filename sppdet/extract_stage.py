@@ -1,7 +1,7 @@
 """The ``extract`` stage: conv5 features of every image of a split, cached (SPEC section 3).
 
 One file per image (``<image_id>.npz``, see ``sppdet.features`` for the format) in the work
-directory folder ``features-<hash>``, where the hash covers an ``ExtractConfig`` (backbone, width,
+directory folder ``features-<hash>``, where the hash covers the dataset root, an ``ExtractConfig`` (backbone, width,
 the weights file's hash or "none", scales, seed) and the format version, so features from other
 settings are never reused. Features do not depend on the split, so every split shares the folder.
 Re-running skips images whose file is already valid; files are written atomically, so an
@@ -124,7 +124,7 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
     net = build_backbone(backbone, width, resolve_weights(work, weights, backbone, width), seed)
     config = ExtractConfig(backbone=backbone, width=float(width), weights=net.weights_id,
                            scales=scales, seed=int(seed))
-    folder = work.stage_dir(FOLDER_STAGE, config)
+    folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
     if not (folder / INFO_FILE).is_file():
         atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
     return ExtractJob(workdir=work, dataset=dataset,

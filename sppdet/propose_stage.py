@@ -35,7 +35,8 @@ from sppdet.config import ProposeConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import WorkdirError
-from sppdet.parallel import Progress, default_workers, map_unordered, no_progress, parse_shard, select_shard
+from sppdet.parallel import (Progress, default_workers, map_unordered, no_progress, parse_shard,
+                             select_shard)
 from sppdet.proposals import check_config, proposal_recall, selective_search
 from sppdet.store import WorkDir, atomic_save_npy, atomic_write_json
 

@@ -275,4 +275,3 @@ def test_rebuilt_trunk_must_match_the_features(trained, tmp_path):
     weights.unlink()
     with pytest.raises(ModelError, match="are missing"):
         rebuild_trunk(work, folder, info)
-

@@ -180,7 +180,8 @@ def test_recall_matches_loop_reference():
 
 
 def test_recall_without_ground_truth_is_nan():
-    assert np.isnan(proposal_recall([np.zeros((0, 4))], [random_boxes(np.random.default_rng(1), 3)])).all()
+    proposals = random_boxes(np.random.default_rng(1), 3)
+    assert np.isnan(proposal_recall([np.zeros((0, 4))], [proposals])).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +230,8 @@ def test_corrupt_cache_files_are_recomputed(dataset, tmp_path):
     np.save(proposal_path(job.folder, job.image_ids[1]), np.zeros((3, 5), np.float32))
     np.save(proposal_path(job.folder, job.image_ids[2]), good[job.image_ids[2]].astype(np.float64))
     proposal_path(job.folder, job.image_ids[3]).unlink()
+    with pytest.raises(WorkdirError, match="not a valid float32"):
+        load_proposals(tmp_path, job.image_ids[1])
     redo, summary = run(tmp_path)
     assert redo.todo == job.image_ids[:4] and summary.computed == 4
     for image_id in job.image_ids:
