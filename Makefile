@@ -6,7 +6,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 WORK   ?= sppdet-work
-DEMO_DATA ?= $(WORK)/synth
 
 .PHONY: install test demo bench clean
 
@@ -24,10 +23,10 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/sppdet synth $(DEMO_DATA) --images 400 --seed 0
+	$(BIN)/python benchmarks/demo.py --workdir $(WORK) --images 400
 
 bench: install
-	@set -e; for script in benchmarks/*.py; do \
+	@set -e; for script in benchmarks/bench_*.py; do \
 	    [ -e "$$script" ] || continue; \
 	    echo "== $$script"; $(BIN)/python "$$script"; \
 	done

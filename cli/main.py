@@ -9,6 +9,7 @@ from cli.detect import detect
 from cli.eval import eval_command
 from cli.extract import extract
 from cli.finetune import finetune
+from cli.pretrain import pretrain
 from cli.propose import propose
 from cli.synth import synth
 from cli.train_bbox import train_bbox
@@ -31,6 +32,7 @@ cli.add_command(detect)
 cli.add_command(eval_command)
 cli.add_command(extract)
 cli.add_command(finetune)
+cli.add_command(pretrain)
 cli.add_command(propose)
 cli.add_command(synth)
 cli.add_command(train_bbox)

@@ -1,0 +1,98 @@
+"""The demo: the whole SPP-net chain on the built-in dataset, each stage timed (``make demo``).
+
+    synth -> propose (trainval, test) -> pretrain -> extract (trainval, test) -> finetune
+          -> train-svm -> train-bbox -> eval (test) -> detect (a few test images)
+
+Each stage runs as its own ``sppdet`` command, exactly as a user would type it, so the demo also
+checks the command line. ``propose`` runs before ``pretrain`` because pretraining needs
+background windows (proposals with IoU < 0.3 to every object). A second run finds every cache and
+finishes in seconds. Writes ``<workdir>/demo-times.json`` (seconds per stage, mAP) and prints a
+table; the mAP comes from ``sppdet eval --json``.
+
+Usage: python benchmarks/demo.py [--workdir sppdet-work] [--images 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: Settings for the demo dataset (shapes of 15-220 px on 300-500 px images); each is a
+#: command-line option a user can change, and README.md explains the choice.
+BACKBONE = ["--backbone", "zf5", "--width", "0.25"]
+SCALES = ["--scales", "448"]
+PROPOSE = ["--max-side", "320"]
+
+
+def sppdet() -> list[str]:
+    """The sppdet console script next to this interpreter (the project's venv), else on PATH."""
+    local = Path(sys.executable).with_name("sppdet")
+    return [str(local)] if local.exists() else [shutil.which("sppdet") or "sppdet"]
+
+
+def stages(work: Path, data: Path, images: int) -> list[tuple[str, list[str]]]:
+    """(stage name, sppdet arguments) in order; detect is added once the test split exists."""
+    return [
+        ("synth", ["synth", str(data), "--images", str(images), "--seed", "0"]),
+        ("propose trainval", ["propose", "--data", str(data), "--split", "trainval", *PROPOSE]),
+        ("propose test", ["propose", "--split", "test", *PROPOSE]),
+        ("pretrain", ["pretrain", *BACKBONE, "--sizes", "448,360"]),
+        ("extract trainval", ["extract", "--split", "trainval", *BACKBONE, *SCALES]),
+        ("extract test", ["extract", "--split", "test", *BACKBONE, *SCALES]),
+        ("finetune", ["finetune"]),
+        ("train-svm", ["train-svm"]),
+        ("train-bbox", ["train-bbox"]),
+        ("eval", ["eval", "--split", "test", "--json", str(work / "demo-eval.json"),
+                  "--plots", str(work / "plots")]),
+    ]
+
+
+def first_test_images(data: Path, count: int) -> list[str]:
+    """Paths of the first ``count`` images of the demo's test split."""
+    ids = (data / "ImageSets" / "Main" / "test.txt").read_text().split()[:count]
+    return [str(data / "JPEGImages" / f"{i}.jpg") for i in ids]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=os.environ.get("SPPDET_WORKDIR", "sppdet-work"))
+    parser.add_argument("--images", type=int, default=400)
+    args = parser.parse_args()
+    work = Path(args.workdir).resolve()
+    data = work / "synth"
+    env = {**os.environ, "SPPDET_WORKDIR": str(work)}
+    plan = stages(work, data, args.images)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    for name, argv in plan + [("detect", None)]:
+        if argv is None:
+            argv = ["detect", *first_test_images(data, 4), "--out", str(work / "demo-detections")]
+        print(f"\n== sppdet {' '.join(argv)}", flush=True)
+        begin = time.perf_counter()
+        result = subprocess.run(sppdet() + argv + ["--quiet"], env=env)
+        times[name] = time.perf_counter() - begin
+        if result.returncode != 0:
+            print(f"demo: `sppdet {argv[0]}` failed (exit {result.returncode})", file=sys.stderr)
+            return result.returncode
+    total = time.perf_counter() - started
+    evaluation = json.loads((work / "demo-eval.json").read_text())
+    print("\n| stage | seconds |\n|---|---:|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"| **total** | **{total:.1f}** |")
+    print(f"\nmAP (VOC07 11-point) on the demo test split: {evaluation['mAP']:.4f}")
+    print(f"annotated test images: {work / 'demo-detections'}")
+    summary = {"seconds": times, "total_seconds": total, "mAP": evaluation["mAP"],
+               "images": args.images, "date": time.strftime("%Y-%m-%d")}
+    (work / "demo-times.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The ``pretrain`` stage: train the trunk of ``sppdet.pretrain`` on a split, save it, record it.
+
+Output: folder ``pretrain-<hash>`` (the hash covers the ``PretrainConfig``, the proposals folder,
+the dataset root and the split) holding
+    trunk.pt       the trunk's own state dict (keys of ``build_backbone(...).trunk``, training aids
+                   folded in; ``sppdet.backbones.load_trunk_weights`` reads it), ``torch.save``
+    head.pt        the fc6/fc7/fc8 head (``sppdet.head.save_head``; metadata: classes, backbone,
+                   width, levels, config) for ``finetune`` to start from
+    pretrain.json  classes, image count, seconds, device and per-epoch history; written last, so
+                   its presence means the model is complete and a re-run skips training.
+``config.json["stages"]["pretrain"]`` records ``weights`` and ``head`` (paths relative to the work
+directory), ``backbone``, ``width``, ``split``, ``classes`` and the config:
+``sppdet.extract_stage.resolve_weights`` then uses the trunk by default for the same backbone and
+width, and ``finetune`` starts from the head when its sizes match.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sppdet.backbones import Backbone, build_backbone, resolve_device
+from sppdet.config import PretrainConfig
+from sppdet.data.voc import VocDataset
+from sppdet.errors import WorkdirError
+from sppdet.head import load_head, save_head
+from sppdet.parallel import Progress, no_progress
+from sppdet.pretrain import EpochStats, SppClassifier, check_config, new_classifier, train_classifier
+from sppdet.propose_stage import load_proposals, proposals_dir
+from sppdet.spp import LEVELS, pooled_dim
+from sppdet.store import WorkDir, atomic_path, atomic_write_json, read_json, to_jsonable
+
+STAGE = "pretrain"
+TRUNK_FILE, HEAD_FILE, INFO_FILE = "trunk.pt", "head.pt", "pretrain.json"
+
+
+@dataclass
+class PretrainJob:
+    """A resolved ``pretrain`` run: settings, dataset, proposals and output folder."""
+
+    workdir: WorkDir
+    config: PretrainConfig
+    dataset: VocDataset
+    proposal_folder: Path
+    folder: Path
+    device: torch.device
+
+    @property
+    def done(self) -> bool:
+        """A finished model for exactly these settings and inputs is already in ``folder``."""
+        return (self.folder / INFO_FILE).is_file()
+
+    @property
+    def steps(self) -> int:
+        """Progress calls of a training run: epochs x images."""
+        return self.config.epochs * len(self.dataset)
+
+
+@dataclass(frozen=True)
+class PretrainSummary:
+    """A finished (``skipped``: found already trained) ``pretrain`` run."""
+
+    folder: Path
+    weights: Path
+    head: Path
+    classes: tuple[str, ...]
+    images: int
+    history: list[EpochStats]
+    seconds: float
+    skipped: bool
+    device: str
+
+
+def prepare_pretrain(workdir: str | os.PathLike | None = None,
+                     config: PretrainConfig = PretrainConfig(), split: str = "trainval",
+                     data_root: str | os.PathLike | None = None, device: str = "auto") -> PretrainJob:
+    """Resolve a ``pretrain`` run: check the settings, open the split (the recorded dataset root
+    unless ``data_root`` is given), find the proposals of ``sppdet propose`` (``WorkdirError`` if
+    there are none) and the output folder. Nothing is trained."""
+    check_config(config)
+    work = WorkDir(workdir)
+    torch_device = resolve_device(device)
+    root = work.data_root(data_root)
+    dataset = VocDataset(root, split)
+    if data_root is not None and not work.config().get("data_root"):
+        work.set_data_root(root)
+    proposal_folder = proposals_dir(work)
+    folder = work.stage_dir(STAGE, config, inputs={
+        "proposals": work.stage_hash(proposal_folder), "data": str(root), "split": split})
+    return PretrainJob(work, config, dataset, proposal_folder, folder, torch_device)
+
+
+def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> PretrainSummary:
+    """Train and save the trunk and head of ``job``, or find them already trained (``job.done``);
+    record ``config.json["stages"]["pretrain"]`` either way. ``progress(1, loss=..., acc=...)``
+    after each image of each epoch (``job.steps`` calls; none when skipped). A missing proposals
+    file raises ``WorkdirError`` naming it."""
+    config, dataset, folder = job.config, job.dataset, job.folder
+    if job.done:
+        info = read_json(folder / INFO_FILE)
+        _record(job.workdir, folder, config, dataset.split, info["classes"])
+        return _summary(folder, info, skipped=True)
+
+    model, backbone = new_classifier(config, len(dataset.classes))
+    start = time.perf_counter()
+    history = train_classifier(model, backbone, dataset,
+                               lambda image_id: load_proposals(job.proposal_folder, image_id),
+                               config, job.device, progress)
+    seconds = time.perf_counter() - start
+    with atomic_path(folder / TRUNK_FILE) as tmp:
+        torch.save(model.trunk_state(), tmp)
+    save_head(folder / HEAD_FILE, model.head.cpu(), {
+        "stage": STAGE, "classes": list(dataset.classes), "backbone": config.backbone,
+        "width": config.width, "levels": list(LEVELS), "config": to_jsonable(config)})
+    info = {"classes": list(dataset.classes), "images": len(dataset), "seconds": seconds,
+            "device": str(job.device), "history": [asdict(epoch) for epoch in history]}
+    atomic_write_json(folder / INFO_FILE, info)
+    _record(job.workdir, folder, config, dataset.split, dataset.classes)
+    return _summary(folder, info, skipped=False)
+
+
+def _summary(folder: Path, info: dict, skipped: bool) -> PretrainSummary:
+    return PretrainSummary(folder=folder, weights=folder / TRUNK_FILE, head=folder / HEAD_FILE,
+                           classes=tuple(info["classes"]), images=int(info["images"]),
+                           history=[EpochStats(**epoch) for epoch in info["history"]],
+                           seconds=float(info["seconds"]), skipped=skipped, device=info["device"])
+
+
+def _record(work: WorkDir, folder: Path, config: PretrainConfig, split: str, classes) -> None:
+    work.record_stage(STAGE, {"folder": folder.name, "weights": f"{folder.name}/{TRUNK_FILE}",
+                              "head": f"{folder.name}/{HEAD_FILE}", "backbone": config.backbone,
+                              "width": config.width, "split": split, "classes": list(classes),
+                              "config": config})
+
+
+def load_pretrained(workdir: str | os.PathLike | WorkDir | None = None
+                    ) -> tuple[SppClassifier, Backbone, dict]:
+    """The classifier that ``sppdet pretrain`` last recorded in this work directory (eval mode,
+    on the CPU), its backbone, and its ``config.json`` record; ``WorkdirError`` if there is none."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(STAGE)
+    if not record or not (work.root / record["weights"]).is_file():
+        raise WorkdirError(f"{work.root}: no pretrained trunk; run sppdet pretrain first")
+    backbone = build_backbone(record["backbone"], float(record["width"]), work.root / record["weights"])
+    head, _ = load_head(work.root / record["head"], expected_in_dim=pooled_dim(backbone.channels))
+    return SppClassifier(backbone, head).eval(), backbone, record
