@@ -162,3 +162,14 @@ def test_cli_refuses_foreign_folder_in_one_line(tmp_path):
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and str(tmp_path) in result.output
     assert CliRunner().invoke(cli, ["synth", str(tmp_path / "x"), "--images", "2"]).exit_code == 2
+
+
+def test_finished_build_is_reused_unless_incomplete(tmp_path):
+    root = tmp_path / "d"
+    first = synth.write_dataset(root, images=6, seed=2)
+    image = root / "JPEGImages" / "000003.jpg"
+    stamp = image.stat().st_mtime_ns
+    assert synth.write_dataset(root, images=6, seed=2) == first
+    assert image.stat().st_mtime_ns == stamp  # not re-rendered
+    image.unlink()  # an incomplete dataset is rebuilt
+    assert synth.write_dataset(root, images=6, seed=2) == first and image.is_file()

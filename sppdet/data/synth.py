@@ -43,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sppdet.data.voc import Annotation, write_annotation, write_split
+from sppdet.data.voc import Annotation, read_annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, DatasetError
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import atomic_write_bytes, atomic_write_json
@@ -338,12 +338,30 @@ def check_output(root: str | os.PathLike) -> Path:
 
 def _claim(root: Path, images: int, seed: int) -> None:
     """Write the marker first (so an interrupted build can be re-run) and drop images beyond ``images``."""
-    atomic_write_json(root / MARKER, {"generator": GENERATOR, "format": FORMAT, "images": images,
-                                      "seed": seed, "classes": list(CLASSES)})
+    atomic_write_json(root / MARKER, _marker(images, seed, complete=False))
     for folder, suffix in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
         for path in (root / folder).glob(f"*{suffix}"):
             if path.stem.isdigit() and int(path.stem) > images:
                 path.unlink()
+
+
+def _marker(images: int, seed: int, complete: bool) -> dict:
+    return {"generator": GENERATOR, "format": FORMAT, "images": images, "seed": seed,
+            "classes": list(CLASSES), "complete": complete}
+
+
+def _is_complete(root: Path, images: int, seed: int) -> bool:
+    """True if ``root`` holds a finished build with these settings and all its files."""
+    try:
+        marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if marker != _marker(images, seed, complete=True):
+        return False
+    ids = [image_id(i) for i in range(1, images + 1)]
+    return (all((root / "Annotations" / f"{i}.xml").is_file() and (root / "JPEGImages" / f"{i}.jpg").is_file()
+                for i in ids)
+            and all((root / "ImageSets" / "Main" / f"{name}.txt").is_file() for name in SPLITS))
 
 
 def write_image(root: str | os.PathLike, seed: int, index: int) -> Annotation:
@@ -363,21 +381,28 @@ def write_dataset(root: str | os.PathLike, images: int = 400, seed: int = 0,
 
     Raises ``DatasetError`` if ``root`` is a non-empty folder without ``synth.json`` (see
     :func:`check_output`); ``progress(1)`` is called after each image. Returns what was written.
+    A finished build with the same ``images`` and ``seed`` is kept as it is (its annotations are
+    only read for the summary), so re-running the demo costs nothing; delete the folder to rebuild.
     """
     if images < 3:
         raise ConfigError(f"--images {images}: need at least 3 (one per split)")
     root = check_output(root)
-    _claim(root, images, seed)
+    reuse = _is_complete(root, images, seed)
+    if not reuse:
+        _claim(root, images, seed)
     progress = progress or no_progress
     objects, difficult = dict.fromkeys(CLASSES, 0), dict.fromkeys(CLASSES, 0)
     for index in range(1, images + 1):
-        annotation = write_image(root, seed, index)
+        annotation = (read_annotation(root / "Annotations" / f"{image_id(index)}.xml") if reuse
+                      else write_image(root, seed, index))
         for name, hard in zip(annotation.names, annotation.difficult):
             objects[name] += 1
             difficult[name] += int(hard)
         progress(1)
     splits = split_ids(images, seed)
-    for name, ids in splits.items():
-        write_split(root, name, ids)
+    if not reuse:
+        for name, ids in splits.items():
+            write_split(root, name, ids)
+        atomic_write_json(root / MARKER, _marker(images, seed, complete=True))
     return SynthSummary(root=root, seed=seed, images=images, objects=objects, difficult=difficult,
                         splits={name: len(ids) for name, ids in splits.items()})
