@@ -42,7 +42,7 @@ def stages(work: Path, data: Path, images: int) -> list[tuple[str, list[str]]]:
         ("synth", ["synth", str(data), "--images", str(images), "--seed", "0"]),
         ("propose trainval", ["propose", "--data", str(data), "--split", "trainval", *PROPOSE]),
         ("propose test", ["propose", "--split", "test", *PROPOSE]),
-        ("pretrain", ["pretrain", *BACKBONE, "--sizes", "448,360"]),
+        ("pretrain", ["pretrain", *BACKBONE, "--sizes", "448,360", "--epochs", "8"]),
         ("extract trainval", ["extract", "--split", "trainval", *BACKBONE, *SCALES]),
         ("extract test", ["extract", "--split", "test", *BACKBONE, *SCALES]),
         ("finetune", ["finetune"]),

@@ -44,7 +44,7 @@ def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, s
     pass samples windows per image (25% foreground) from the caches. Starts from the head of
     `sppdet pretrain` when its sizes match.
 
-    Example: sppdet finetune --hidden 1024,1024 --epochs 6
+    Example: sppdet finetune --hidden 512,512 --epochs 6
     """
     config = FinetuneConfig(hidden=hidden, epochs=epochs, lr=lr, windows_per_image=windows_per_image,
                             seed=seed)

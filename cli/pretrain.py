@@ -42,7 +42,7 @@ def _join(values) -> str:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
               show_default=True, help="Peak SGD learning rate (warm-up, then cosine decay).")
 @click.option("--windows-per-image", type=click.IntRange(min=2), default=DEFAULTS.windows_per_image,
-              show_default=True, help="Windows per image and SGD step, up to 25% objects.")
+              show_default=True, help="Windows per image and SGD step, up to half of them objects.")
 @click.option("--hidden", default=_join(DEFAULTS.hidden), show_default=True, callback=_parse_ints,
               help="fc6,fc7 sizes of the classifier head (paper: 4096,4096).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
@@ -61,7 +61,7 @@ def pretrain(split, backbone, width, epochs, sizes, lr, windows_per_image, hidde
     WORKDIR/pretrain-<hash>/trunk.pt, which `sppdet extract` then uses by default (same
     --backbone/--width); the same settings again reuse it.
 
-    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 8 --sizes 448,360
+    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 12 --sizes 448,360
     """
     if len(hidden) != 2:
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")

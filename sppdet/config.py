@@ -66,7 +66,7 @@ class BboxRegConfig:
 class FinetuneConfig:
     """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7)."""
 
-    hidden: tuple[int, int] = (1024, 1024)  # fc6, fc7 sizes (paper: 4096, 4096; smaller suits small trunks)
+    hidden: tuple[int, int] = (512, 512)  # fc6, fc7 (paper: 4096, 4096); = pretrain's, to start from its head
     epochs: int = 6  # passes over the split (the release: ~ 250k iterations on VOC07 trainval)
     lr: float = 0.01  # SGD learning rate, 10x lower for the last quarter (release: 0.001 from ImageNet fc)
     momentum: float = 0.9  # (paper: 0.9)
@@ -93,21 +93,22 @@ class DetectConfig:
 @dataclass(frozen=True)
 class PretrainConfig:
     """Training the conv trunk as an SPP window classifier when no ImageNet weights exist
-    (sppdet.pretrain; the paper pre-trains ZF-5 on ImageNet with multi-size training, section 2.3)."""
+    (sppdet.pretrain; the paper pre-trains ZF-5 on ImageNet with multi-size training, section 2.3).
+    Defaults measured on the synth demo data (see sppdet.pretrain)."""
 
     backbone: str = "zf5"  # trunk to train (sppdet.backbones); zf5 is the paper's
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
-    sizes: tuple[int, ...] = (448, 360)  # shorter sides, alternated epoch by epoch (paper: 224 and 180 crops)
-    epochs: int = 8  # passes over the split (paper: ImageNet, ~70 epochs)
+    sizes: tuple[int, ...] = (448, 360)  # shorter sides, one per epoch in turn (paper: 224, 180 crops)
+    epochs: int = 12  # passes over the split (paper: ImageNet, ~70 epochs)
     lr: float = 0.01  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)
     weight_decay: float = 5e-4  # (paper: 5e-4)
-    windows_per_image: int = 64  # windows per image, one image per SGD step
-    fg_fraction: float = 0.25  # at most this share of the windows are objects (paper fine-tuning: 0.25)
+    windows_per_image: int = 128  # windows per image, one image per SGD step (release fine-tuning: 128)
+    fg_fraction: float = 0.5  # at most this share of the windows are objects (paper fine-tuning: 0.25)
     fg_iou: float = 0.7  # proposals with IoU >= this to an object are extra positives of its class (> 1 = off)
     bg_iou: float = 0.3  # background: proposals with IoU < this to every object (R-CNN SVM negatives)
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 sizes (paper: 4096, 4096)
-    dropout: float = 0.5  # after fc6 and fc7 (paper: 0.5)
+    dropout: float = 0.0  # after fc6 and fc7 (paper: 0.5; here it slows a from-scratch trunk's few epochs)
     flip: bool = True  # random horizontal flips of image and boxes
-    dense_weight: float = 0.0  # weight of the per-cell conv5 classification loss (0 = off; not in the paper)
-    seed: int = 0  # init, window sampling, flips, dropout and image order
+    shift: bool = True  # random 0-15 px crop off the left/top: objects meet the conv5 grid at new offsets
+    seed: int = 0  # init, window sampling, flips, shifts, dropout and image order

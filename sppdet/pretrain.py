@@ -1,41 +1,42 @@
-"""The ``pretrain`` stage: train the conv trunk as an SPP window classifier on the user's data.
+"""Training a conv trunk from scratch as an SPP window classifier on the user's own data.
 
 Shape shorthand: R windows of one image, C conv5 channels, D = C * sum(n^2) pooled length,
 K classes (label 0 is background), G ground-truth boxes, N proposals. Boxes follow
-``sppdet.boxes``.
+``sppdet.boxes``. The stage around it (folders, skipping, records) is ``sppdet.pretrain_stage``.
 
 Why: the paper starts from ZF-5 pre-trained on ImageNet; offline there are no such weights, and
-random conv5 features make poor SVM features. So the trunk learns from the training split itself:
-image -> trunk -> conv5 map -> ``spp_pool`` of each window (projected with the backbone's stride and
-offset) -> fc6 -> fc7 (ReLU, dropout) -> K + 1 logits, cross-entropy, gradients through the pooling
-into every conv layer. The trunk is then saved for ``extract`` and the head for ``finetune``.
+random conv5 features make poor SVM features. So the trunk learns from the training split:
+image -> trunk -> conv5 map -> SPP pooling of each window (projected with the backbone's stride
+and offset, ``sppdet.spp.project_boxes``) -> fc6 -> fc7 -> K + 1 logits, cross-entropy, with
+gradients through the pooling into every conv layer. One image and its windows per SGD step.
 
-Windows of one image (one SGD step, ``windows_per_image`` windows), resampled every epoch:
-    * positives: the non-difficult ground-truth boxes of known classes and, as an augmentation,
+Windows of one image (``windows_per_image``), resampled every epoch:
+    * objects: the non-difficult ground-truth boxes of known classes and, as an augmentation,
       proposals with IoU >= ``fg_iou`` (0.7) to such a box, labelled with its class; at most
-      ``fg_fraction`` (25%) of the windows, ground truth first;
+      ``fg_fraction`` of the windows, ground truth first;
     * background: proposals whose IoU with every object (difficult ones included) is < ``bg_iou``
       (0.3, as the issue and R-CNN's SVM negatives), filling the rest.
-Proposals in between are not used (they are neither clearly the object nor clearly not).
+Proposals in between are not used (neither clearly the object nor clearly not).
 
-Multi-size training (paper section 2.3 trains on 224 and 180 crops, switching every epoch): here
-whole images at the shorter sides ``sizes`` (e.g. the detection scale s and ~0.8 s), epoch ``e``
-using ``sizes[e % len(sizes)]``. Each image is flipped horizontally with probability 1/2.
+Multi-size training (paper section 2.3: 224 and 180 crops, switching every epoch): whole images at
+the shorter sides ``sizes``, epoch ``e`` using ``sizes[e % len(sizes)]``. Augmentations: horizontal
+flips (p = 1/2) and, with ``shift``, 0-15 random pixels cut off the left and top of the resized
+image, so objects meet the stride-16 conv5 grid at every offset rather than two.
 
-Optimisation: SGD, momentum 0.9, weight decay 5e-4; the learning rate rises linearly over the first
-epoch's steps (capped at 100) and then follows a cosine to 0 (a from-scratch trunk without
-batch normalisation diverges at a full step size on its first images).
+Choices beyond the paper, each measured on the synth data (held-out window accuracy):
+    * Pooling for training is ``torchvision.ops.roi_pool`` per pyramid level (:func:`roi_spp_pool`):
+      the same bins and values as ``spp_pool`` (tested), its gradient routed to one argmax cell per
+      bin; differentiating ``spp_pool``'s sparse table took ~1 s per image, ~50x longer.
+    * Inputs scaled by 1 / 64 during training, folded into conv1 when saved (``SppClassifier``).
+    * SGD (momentum 0.9, weight decay 5e-4) with a linear warm-up over the first epoch's steps
+      (at most 100), then a cosine decay to 0: without normalisation layers a from-scratch trunk
+      diverges at full step size on its first images, and at lr >= 0.03 altogether.
 
 Reproducibility: every random choice is seeded by ``seed`` (image order from
-``default_rng([seed, epoch])``, windows and flips from ``default_rng([seed, epoch, i])``, init and
-dropout from ``torch.manual_seed(seed)`` inside ``fork_rng``), so the same settings on the same
-device and thread count give bitwise identical weights. Images stream from disk one at a time.
-
-Output: folder ``pretrain-<hash>`` (hash of the ``PretrainConfig``, the proposals folder, the dataset
-root and split) holding ``trunk.pt`` (the trunk's own state dict, as ``load_trunk_weights`` reads),
-``head.pt`` (``sppdet.head.save_head``) and ``pretrain.json`` (written last: training history).
-``config.json["stages"]["pretrain"]`` records ``weights``/``head`` (relative to the work directory),
-``backbone`` and ``width``, which ``sppdet.extract_stage.resolve_weights`` reads.
+``default_rng([seed, epoch])``, windows, flips and shifts from ``default_rng([seed, epoch, i])``,
+init and dropout from ``torch.manual_seed(seed)`` inside ``fork_rng``), so the same settings on the
+same device and torch thread count give bitwise identical weights. Images stream from disk one at a
+time; nothing per image is kept.
 """
 
 from __future__ import annotations
@@ -75,30 +76,24 @@ class SppClassifier(nn.Module):
     unit variance, what Kaiming init assumes); :meth:`trunk_state` folds it into conv1's weights,
     so the saved trunk takes the plain preprocessing. Dividing conv1's initial weights instead
     leaves conv1's gradients 64x larger relative to its weights, and training diverges.
-    ``dense`` adds a 1x1 conv classifier of every conv5 cell (see :func:`cell_labels`).
     """
 
     def __init__(self, backbone: Backbone, head: FcHead, levels: Sequence[int] = LEVELS,
-                 input_scale: float = 1.0, dense: bool = False):
+                 input_scale: float = 1.0):
         super().__init__()
         self.trunk, self.head, self.levels = backbone.trunk, head, tuple(levels)
         self.stride, self.offset, self.input_scale = backbone.stride, backbone.offset, input_scale
-        self.dense = nn.Conv2d(backbone.channels, head.num_classes + 1, 1) if dense else None
 
     def conv5(self, image: torch.Tensor) -> torch.Tensor:
         """The conv5 map ``[1, C, H', W']`` of a preprocessed image float32 ``[3, H, W]``."""
         return self.trunk(image[None] * self.input_scale if self.input_scale != 1.0 else image[None])
 
-    def pool(self, fmap: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-        """Logits ``[R, K + 1]`` of windows ``boxes`` float ``[R, 4]`` (pixels of the image
-        ``fmap`` ``[1, C, H', W']`` was computed from)."""
-        cells = project_boxes(boxes, self.stride, self.offset, fmap.shape[2:]).to(fmap.device)
-        return self.head(roi_spp_pool(fmap, cells, self.levels))
-
     def forward(self, image: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
         """Logits ``[R, K + 1]`` of windows ``boxes`` float ``[R, 4]`` (pixels of ``image``, a
         preprocessed float32 ``[3, H, W]``)."""
-        return self.pool(self.conv5(image), boxes)
+        fmap = self.conv5(image)
+        cells = project_boxes(boxes, self.stride, self.offset, fmap.shape[2:]).to(fmap.device)
+        return self.head(roi_spp_pool(fmap, cells, self.levels))
 
     def trunk_state(self) -> dict[str, torch.Tensor]:
         """The trunk's state dict (CPU, contiguous) with ``input_scale`` folded into the first
@@ -137,15 +132,14 @@ class EpochStats:
 def new_classifier(config: PretrainConfig, num_classes: int) -> tuple[SppClassifier, Backbone]:
     """A freshly initialised classifier (seeded by ``config.seed``) for ``num_classes`` classes
     and its backbone: ``build_backbone(config.backbone, config.width, "none", seed)``, the training
-    input scale of :class:`SppClassifier` (1 / PIXEL_STD for raw-pixel trunks such as zf5), its dense
-    cell classifier when ``config.dense_weight > 0``, and an ``FcHead`` of ``config.hidden``."""
+    input scale of :class:`SppClassifier` (1 / PIXEL_STD for raw-pixel trunks such as zf5) and an
+    ``FcHead`` of ``config.hidden``."""
     backbone = build_backbone(config.backbone, config.width, "none", config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = FcHead(pooled_dim(backbone.channels), config.hidden, num_classes, config.dropout)
     raw_pixels = backbone.preprocessing.std == (1.0, 1.0, 1.0)  # zf5, not ImageNet-normalised
-    model = SppClassifier(backbone, head, input_scale=1.0 / PIXEL_STD if raw_pixels else 1.0,
-                          dense=config.dense_weight > 0)
+    model = SppClassifier(backbone, head, input_scale=1.0 / PIXEL_STD if raw_pixels else 1.0)
     return model, backbone
 
 
@@ -208,58 +202,26 @@ def hflip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
-@dataclass
-class _Example:
-    """One training image: preprocessed ``image`` ``[3, H_s, W_s]``; ``boxes`` ``[R, 4]`` (resized
-    pixels) and ``labels`` ``[R]`` of its windows; its ground truth ``gt_boxes`` ``[G, 4]`` (resized
-    pixels) with ``gt_labels`` ``[G]`` (-1 for difficult or unknown-class boxes)."""
-
-    image: torch.Tensor
-    boxes: np.ndarray
-    labels: np.ndarray
-    gt_boxes: np.ndarray
-    gt_labels: np.ndarray
-
-
 def _image_example(dataset: VocDataset, image_id: str, proposals: ProposalSource,
                    config: PretrainConfig, rng: np.random.Generator, size: int, flip: bool,
-                   backbone: Backbone, device: torch.device) -> _Example:
-    """Image ``image_id`` at shorter side ``size`` with sampled windows, flipped left-right
-    (image and boxes) when ``flip``."""
+                   shift: bool, backbone: Backbone, device: torch.device):
+    """The preprocessed image ``[3, H_s, W_s]`` at shorter side ``size``, its sampled windows
+    ``[R, 4]`` in resized pixels and their labels ``[R]``; flipped left-right (image and boxes)
+    when ``flip``; when ``shift``, 0 to stride - 1 random pixels cut off its left and top."""
     annotation = dataset.annotation(image_id)
-    gt_labels = annotation.labels(dataset.classes)
-    boxes, labels = pretrain_windows(annotation.boxes, gt_labels, annotation.difficult,
-                                     proposals(image_id), config, rng)
-    gt_boxes = annotation.boxes
+    boxes, labels = pretrain_windows(annotation.boxes, annotation.labels(dataset.classes),
+                                     annotation.difficult, proposals(image_id), config, rng)
     bgr = load_bgr(dataset.image_path(image_id))
     if flip:
         bgr = np.ascontiguousarray(bgr[:, ::-1])
-        boxes, gt_boxes = hflip_boxes(boxes, bgr.shape[1]), hflip_boxes(gt_boxes, bgr.shape[1])
+        boxes = hflip_boxes(boxes, bgr.shape[1])
     resized, factor = resize_to_scale(bgr, size)
-    return _Example(backbone.preprocess(resized, device), boxes * factor, labels, gt_boxes * factor,
-                    np.where(annotation.difficult, -1, gt_labels))
-
-
-def cell_labels(gt_boxes: np.ndarray, gt_labels: np.ndarray, map_hw: tuple[int, int],
-                stride: float, offset: float) -> torch.Tensor:
-    """Per conv5 cell, int64 ``[H', W']``: the label of the smallest ground-truth box covering it
-    (``gt_labels`` ``[G]``: 1..K, or -1 = ignore, e.g. difficult), else 0 (background).
-
-    A box covers the cells ``project_boxes`` gives it (centres inside the box; a box narrower
-    than a cell gets the one cell nearest its centre), in pixels of the resized image.
-    """
-    height, width = int(map_hw[0]), int(map_hw[1])
-    if len(gt_boxes) == 0:
-        return torch.zeros((height, width), dtype=torch.long)
-    cells = project_boxes(gt_boxes, stride, offset, map_hw)  # [G, 4] inclusive
-    rows, cols = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
-    covered = ((cols >= cells[:, 0, None, None]) & (cols <= cells[:, 2, None, None])
-               & (rows >= cells[:, 1, None, None]) & (rows <= cells[:, 3, None, None]))  # [G, H', W']
-    area = torch.as_tensor((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1]),
-                           dtype=torch.float64)
-    smallest = torch.where(covered, area[:, None, None], torch.inf).argmin(0)
-    labels = torch.as_tensor(np.asarray(gt_labels, np.int64))[smallest]
-    return torch.where(covered.any(0), labels, 0)
+    boxes = boxes * factor
+    if shift:
+        dx, dy = (int(v) for v in rng.integers(0, backbone.stride, 2))
+        resized = resized[dy:, dx:]
+        boxes = boxes - np.array([dx, dy, dx, dy], np.float32)
+    return backbone.preprocess(resized, device), boxes, labels
 
 
 def train_classifier(model: SppClassifier, backbone: Backbone, dataset: VocDataset,
@@ -309,23 +271,17 @@ def _epoch(model, backbone, dataset, proposals, config, device, optimizer, epoch
     for offset, index in enumerate(order.tolist()):
         rng = np.random.default_rng([config.seed, epoch, index])
         flip = config.flip and bool(rng.random() < 0.5)
-        example = _image_example(dataset, dataset.image_ids[index], proposals, config, rng, size,
-                                 flip, backbone, device)
+        image, boxes, labels = _image_example(dataset, dataset.image_ids[index], proposals,
+                                              config, rng, size, flip, config.shift, backbone,
+                                              device)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, first_step + offset, steps, warmup)
-        if len(example.labels):
-            target = torch.from_numpy(example.labels).to(device)
-            fmap = model.conv5(example.image)
-            logits = model.pool(fmap, example.boxes)
+        if len(labels):
+            target = torch.from_numpy(labels).to(device)
+            logits = model(image, boxes)
             loss = nn.functional.cross_entropy(logits, target)
-            total = loss
-            if model.dense is not None:
-                cells = cell_labels(example.gt_boxes, example.gt_labels, fmap.shape[2:],
-                                    model.stride, model.offset).to(device)
-                total = loss + config.dense_weight * nn.functional.cross_entropy(
-                    model.dense(fmap), cells[None], ignore_index=-1)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            loss.backward()
             optimizer.step()
             stats.add(loss.item(), logits.detach(), target)
         progress(1, loss=stats.mean_loss, acc=stats.accuracy)
@@ -356,11 +312,10 @@ def window_accuracy(model: SppClassifier, backbone: Backbone, dataset: VocDatase
     with torch.inference_mode():
         for index, image_id in enumerate(dataset.image_ids):
             rng = np.random.default_rng([config.seed, config.epochs, index])  # not a training epoch
-            example = _image_example(dataset, image_id, proposals, plain, rng, size, False,
-                                     backbone, device)
-            labels = example.labels
+            image, boxes, labels = _image_example(dataset, image_id, proposals, plain, rng, size,
+                                                  False, False, backbone, device)
             if len(labels):
-                hit = (model(example.image, example.boxes).argmax(1).cpu().numpy() == labels)
+                hit = (model(image, boxes).argmax(1).cpu().numpy() == labels)
                 kind = (labels > 0).astype(np.int64)
                 right += np.bincount(kind, weights=hit, minlength=2).astype(np.int64)
                 total += np.bincount(kind, minlength=2)
