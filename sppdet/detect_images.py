@@ -64,6 +64,7 @@ from sppdet.propose_stage import read_valid
 from sppdet.proposals import selective_search
 from sppdet.results_io import write_coco_json
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.window_source import pooled_feature_hash
 from sppdet.store import WorkDir, atomic_save_npy, file_hash
 
 DEFAULT_SCORE_THRESHOLD = 0.0
@@ -226,9 +227,8 @@ class ImageDetector:
         self.backbone = rebuild_trunk(work, self.features_folder, self.info)
         features_hash = work.stage_hash(self.features_folder)
         self.dim = pooled_dim(self.info.channels, LEVELS)
-        # the pooled-feature identity the models were trained on (WindowSource.feature_hash)
-        pooled_hash = f"{features_hash}:L{'-'.join(map(str, LEVELS))}"
-        self.detector = Detector.from_workdir(work, pooled_hash, self.dim, config)
+        self.detector = Detector.from_workdir(work, pooled_feature_hash(features_hash, LEVELS),
+                                              self.dim, config)
         self.classes = self.detector.classes
         self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
                                            inputs={"features": features_hash})

@@ -20,6 +20,12 @@ from sppdet.store import WorkDir
 from sppdet.windows import ImageWindows, estimate_feature_scale, make_image_windows
 
 
+def pooled_feature_hash(features_hash: str, levels=LEVELS) -> str:
+    """Identity of pooled features: a features folder's hash plus the pyramid levels. Models record
+    it and refuse other features (``sppdet.model_file``)."""
+    return f"{features_hash}:L{'-'.join(map(str, levels))}"
+
+
 class WindowSource:
     """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``."""
 
@@ -39,9 +45,8 @@ class WindowSource:
 
     @property
     def feature_hash(self) -> str:
-        """Identity of the pooled features: the features folder's hash plus the pyramid levels."""
-        levels = "-".join(map(str, self.levels))
-        return f"{self.workdir.stage_hash(self.features_folder)}:L{levels}"
+        """Identity of the pooled features (:func:`pooled_feature_hash`)."""
+        return pooled_feature_hash(self.workdir.stage_hash(self.features_folder), self.levels)
 
     @property
     def inputs(self) -> dict[str, str]:
