@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from sppdet.errors import ConfigError, SppdetError
+from sppdet.methods import DEFAULT_METHOD, METHODS
 
 stderr_console = Console(stderr=True)
 stdout_console = Console()
@@ -65,6 +66,15 @@ def data_option(func):
     return click.option(
         "--data", "data_root", type=click.Path(exists=True, file_okay=False), default=None,
         help="VOC-layout dataset root (default: the one recorded in the work directory).",
+    )(func)
+
+
+def method_option(func):
+    """``--method spp|rcnn``: SPP-net windows (default) or the R-CNN baseline (``sppdet.methods``)."""
+    return click.option(
+        "--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
+        help="Window features: spp pools each window on the image's conv5 (SPP-net); rcnn warps "
+             "each window and runs the trunk on the crop (the R-CNN baseline).",
     )(func)
 
 

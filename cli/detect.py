@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import (device_option, library_errors, progress_bar, quiet_option, stderr_console,
-                        stdout_console, workdir_option)
+from cli.common import (device_option, library_errors, method_option, progress_bar, quiet_option,
+                        stderr_console, stdout_console, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
                                   expand_inputs)
@@ -44,10 +44,12 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
               help="Detections kept per class per image (paper: 100).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="COCO-style results file (default: OUT/detections.json).")
+@method_option
 @device_option
 @quiet_option
 @click.pass_context
-def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, device, quiet):
+def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, method, device,
+           quiet):
     """Detect objects in new images with the work directory's trained detector.
 
     IMAGE|DIR|GLOB: image files, folders (their images) or quoted patterns such as
@@ -63,7 +65,7 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
     config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold)
     with library_errors():
         paths = expand_inputs(inputs)
-        detector = ImageDetector(workdir, config, device)
+        detector = ImageDetector(workdir, config, device, method)
         with progress_bar(len(paths), "detect", quiet=quiet) as advance:
             run = detect_files(detector, paths, out, json_file, advance)
     for result in run.results:

@@ -1,14 +1,21 @@
-"""``sppdet extract``: conv features of a split, once per image per scale, cached."""
+"""``sppdet extract``: conv features of a split, once per image per scale, cached; with
+``--method rcnn``, the R-CNN baseline's warped-window features instead (``sppdet.rcnn_stage``)."""
 
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
-from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
-                        shard_option, split_option, stdout_console, workdir_option)
+from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
+                        quiet_option, shard_option, split_option, stdout_console, workdir_option)
 from sppdet.backbones import BACKBONES
 from sppdet.extract_stage import prepare_extract, run_extract
+from sppdet.rcnn import CONTEXT, CROP_SIZE
+from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
+
+SPP_ONLY = ("scales",)
+RCNN_ONLY = ("crop_size", "context", "batch")
 
 
 def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
@@ -30,20 +37,42 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--scales", default="688", show_default=True, callback=_parse_scales,
               help="Shorter-side sizes, comma-separated (paper: 688, or 480,576,688,864,1200).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
+@method_option
+@click.option("--crop-size", type=click.IntRange(min=1), default=CROP_SIZE, show_default=True,
+              help="rcnn: side of the warped crops (R-CNN: 227; ZF-5's input: 224).")
+@click.option("--context", type=click.IntRange(min=0), default=CONTEXT, show_default=True,
+              help="rcnn: pixels of context around each window in its crop (R-CNN: 16).")
+@click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
+              help="rcnn: crops per forward pass of the trunk.")
 @device_option
 @workdir_option
 @data_option
 @shard_option
 @quiet_option
-def extract(split, backbone, width, weights, scales, seed, device, workdir, data_root, shard, quiet):
+@click.pass_context
+def extract(ctx, split, backbone, width, weights, scales, seed, method, crop_size, context, batch,
+            device, workdir, data_root, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
     One float16 file per image (every scale) in WORKDIR/features-<hash>; the hash covers the
     backbone, weights, scales and seed, so other settings never reuse a cache. Re-running skips
     images already done.
 
+    With --method rcnn (the R-CNN baseline; needs `sppdet propose` first), every ground-truth box
+    and proposal is instead warped with context to a crop, run through the same trunk and
+    pyramid-pooled; the pooled vectors go to WORKDIR/rcnn-features-<hash>.
+
     Example: sppdet extract --split trainval --backbone zf5 --width 0.25 --scales 480,688
     """
+    other = RCNN_ONLY if method == "spp" else SPP_ONLY
+    given = [name for name in other if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise click.UsageError(f"{option} does not apply to --method {method}")
+    if method == "rcnn":
+        _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device,
+                      workdir, data_root, shard, quiet)
+        return
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
@@ -55,6 +84,26 @@ def extract(split, backbone, width, weights, scales, seed, device, workdir, data
     table.add_row("scales", ", ".join(str(s) for s in job.config.scales))
     table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
     rate = (f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed
+            else "nothing to compute")
+    table.add_row("time", f"{summary.seconds:.1f} s ({rate} on {summary.device})")
+    stdout_console.print(table)
+    stdout_console.print(f"features: {summary.folder} ({summary.cache_bytes / 1e6:.1f} MB)",
+                         soft_wrap=True, markup=False, highlight=False)
+
+
+def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,
+                  data_root, shard, quiet):
+    with library_errors():
+        job = prepare_rcnn_extract(workdir, split=split, backbone=backbone, width=width,
+                                   weights=weights, crop_size=crop_size, context=context, seed=seed,
+                                   batch=batch, device=device, data_root=data_root, shard=shard)
+        with progress_bar(len(job.image_ids), f"extract {split} (rcnn)", quiet=quiet) as advance:
+            summary = run_rcnn_extract(job, progress=advance)
+    table = Table(title=f"sppdet extract --method rcnn: {split}", show_header=False)
+    table.add_row("backbone", f"{backbone} (width {width}), weights {summary.weights}")
+    table.add_row("crops", f"{crop_size} x {crop_size}, context {context} px")
+    table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
+    rate = (f"{summary.windows / summary.seconds:.1f} windows/s" if summary.computed
             else "nothing to compute")
     table.add_row("time", f"{summary.seconds:.1f} s ({rate} on {summary.device})")
     stdout_console.print(table)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, progress_bar, quiet_option, split_option,
-                        stdout_console, workdir_option)
+from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+                        split_option, stdout_console, workdir_option)
 from sppdet.config import FinetuneConfig
 from sppdet.finetune_stage import run_finetune
 from sppdet.store import WorkDir
@@ -36,8 +36,9 @@ def _parse_hidden(ctx, param, value: str) -> tuple[int, int]:
 @click.option("--windows-per-image", type=click.IntRange(1), default=DEFAULTS.windows_per_image,
               show_default=True, help="Windows sampled from each image per pass (25% foreground).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@method_option
 @quiet_option
-def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, seed, quiet):
+def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, seed, method, quiet):
     """Train the fc head (fc6, fc7, fc8) on cached SPP features, conv frozen as in the paper.
 
     Windows with IoU >= 0.5 to a ground-truth box are foreground, [0.1, 0.5) background; each
@@ -50,9 +51,9 @@ def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, s
                             seed=seed)
     with library_errors():
         work = WorkDir(workdir)
-        images = len(WindowSource(work, split, data_root).image_ids)
+        images = len(WindowSource(work, split, data_root, method=method).image_ids)
         with progress_bar(epochs * images, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
-            summary = run_finetune(work, split, config, data_root, advance)
+            summary = run_finetune(work, split, config, data_root, advance, method)
     table = Table(title=f"sppdet finetune: {split}", show_header=False)
     table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {summary.init}")
     table.add_row("trained", f"{summary.epochs} epochs in {summary.seconds:.1f} s" if summary.trained

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, progress_bar, quiet_option, split_option,
-                        stdout_console, workdir_option)
+from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+                        split_option, stdout_console, workdir_option)
 from sppdet.bbox_stage import run_train_bbox
 from sppdet.config import BboxRegConfig
 from sppdet.store import WorkDir
@@ -23,8 +23,9 @@ DEFAULTS = BboxRegConfig()
               help="Train on proposals with IoU above this to their best box (R-CNN: 0.6).")
 @click.option("--lambda", "ridge_lambda", type=click.FloatRange(0), default=DEFAULTS.ridge_lambda,
               show_default=True, help="Ridge penalty (R-CNN: 1000, SPP_net release: 4000).")
+@method_option
 @quiet_option
-def train_bbox(workdir, data_root, split, min_overlap, ridge_lambda, quiet):
+def train_bbox(workdir, data_root, split, min_overlap, ridge_lambda, method, quiet):
     """Train one ridge box regressor per class on pooled conv5 features.
 
     Targets are the R-CNN deltas (tx, ty, tw, th) from each proposal to its best ground-truth box.
@@ -34,9 +35,9 @@ def train_bbox(workdir, data_root, split, min_overlap, ridge_lambda, quiet):
     config = BboxRegConfig(min_overlap=min_overlap, ridge_lambda=ridge_lambda)
     with library_errors():
         work = WorkDir(workdir)
-        images = len(WindowSource(work, split, data_root).image_ids)
+        images = len(WindowSource(work, split, data_root, method=method).image_ids)
         with progress_bar(images, f"train-bbox {split}", quiet) as advance:
-            summary = run_train_bbox(work, split, config, data_root, advance)
+            summary = run_train_bbox(work, split, config, data_root, advance, method)
     if not summary.trained:
         stdout_console.print(f"already trained (cached): {summary.folder}", markup=False)
         return

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, progress_bar, quiet_option, split_option,
-                        stdout_console, workdir_option)
+from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+                        split_option, stdout_console, workdir_option)
 from sppdet.config import SvmConfig
 from sppdet.store import WorkDir
 from sppdet.svm_stage import LAYERS, run_train_svm
@@ -24,8 +24,9 @@ DEFAULTS = SvmConfig()
 @click.option("--C", "c", type=click.FloatRange(0, min_open=True), default=DEFAULTS.C, show_default=True,
               help="Hinge-loss weight (paper: 1e-3).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@method_option
 @quiet_option
-def train_svm(workdir, data_root, split, layer, c, seed, quiet):
+def train_svm(workdir, data_root, split, layer, c, seed, method, quiet):
     """Train one linear SVM per class with R-CNN's hard-negative mining.
 
     Positives are ground-truth boxes, negatives proposals with IoU < 0.3 to every box of the class;
@@ -36,9 +37,9 @@ def train_svm(workdir, data_root, split, layer, c, seed, quiet):
     config = SvmConfig(layer=layer, C=c, seed=seed)
     with library_errors():
         work = WorkDir(workdir)
-        images = len(WindowSource(work, split, data_root).image_ids)
+        images = len(WindowSource(work, split, data_root, method=method).image_ids)
         with progress_bar(2 * images, f"train-svm {split}", quiet) as advance:
-            summary = run_train_svm(work, split, config, data_root, advance)
+            summary = run_train_svm(work, split, config, data_root, advance, method)
     if not summary.trained:
         stdout_console.print(f"already trained (cached): {summary.folder}", markup=False)
         return

@@ -4,6 +4,8 @@ SPEC section 9 via ``sppdet.bbox_reg``. One streaming pass over the split: per i
 proposals whose best IoU with a ground-truth box exceeds ``min_overlap`` (plus the ground-truth
 boxes) are pooled, since no other window is a training example. Features are scaled to mean
 norm 20, measured R-CNN's way on random proposals of random images. Output: ``bbox-<hash>/bbox.npz``.
+``method`` ("spp" or "rcnn", ``sppdet.methods``) picks the window features and the ``config.json``
+record (``train-bbox`` or ``train-bbox:rcnn``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sppdet.bbox_reg import BboxClassReport, BboxRegressor, train_bbox_regressor
 from sppdet.boxes import iou_matrix
 from sppdet.config import BboxRegConfig
 from sppdet.errors import WorkdirError
+from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir
 from sppdet.window_source import WindowSource, image_windows, sample_feature_scale
@@ -35,10 +38,12 @@ class BboxSummary:
 
 
 def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegConfig = BboxRegConfig(),
-                   data_root=None, progress: Progress = no_progress) -> BboxSummary:
-    """Train (or find already trained) the box regressors on ``split``; record them."""
+                   data_root=None, progress: Progress = no_progress,
+                   method: str = DEFAULT_METHOD) -> BboxSummary:
+    """Train (or find already trained) the box regressors on ``split`` with ``method``'s window
+    features; record them."""
     start = time.perf_counter()
-    source = WindowSource(workdir, split, data_root)
+    source = WindowSource(workdir, split, data_root, method=method)
     feature_hash = f"{source.feature_hash}:pool5"
     folder = workdir.stage_dir("bbox", config, inputs=source.inputs)
     path = folder / MODEL_FILE
@@ -59,15 +64,17 @@ def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegCon
         model.save(path)
     else:
         progress(len(source.image_ids))
-    workdir.record_stage(STAGE, {"folder": folder.name, "model": str(path.relative_to(workdir.root)),
-                                 "feature_hash": feature_hash, "config": config})
+    workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
+                                                    "model": str(path.relative_to(workdir.root)),
+                                                    "feature_hash": feature_hash, "config": config})
     return BboxSummary(folder, bool(reports), reports, time.perf_counter() - start)
 
 
-def trained_regressors(workdir: WorkDir, feature_hash: str) -> BboxRegressor | None:
-    """The regressors of the last ``train-bbox`` checked against ``feature_hash``, or None if
-    ``train-bbox`` never ran (detection then uses the unrefined boxes)."""
-    record = workdir.config().get("stages", {}).get(STAGE)
+def trained_regressors(workdir: WorkDir, feature_hash: str,
+                       method: str = DEFAULT_METHOD) -> BboxRegressor | None:
+    """The regressors of the last ``train-bbox`` with ``method`` checked against ``feature_hash``,
+    or None if it never ran (detection then uses the unrefined boxes)."""
+    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
     if not record:
         return None
     path = workdir.root / record["model"]

@@ -112,3 +112,17 @@ class PretrainConfig:
     flip: bool = True  # random horizontal flips of image and boxes
     shift: bool = True  # random 0-15 px crop off the left/top: objects meet the conv5 grid at new offsets
     seed: int = 0  # init, window sampling, flips, shifts, dropout and image order
+
+
+@dataclass(frozen=True)
+class RcnnConfig:
+    """R-CNN window features: every window warped to a crop and run through the trunk (sppdet.rcnn),
+    the baseline SPP-net is compared with (``--method rcnn``; SPEC "published numbers")."""
+
+    backbone: str = "zf5"  # the same trunk as ExtractConfig's (R-CNN: AlexNet; the paper's comparison: ZF-5)
+    width: float = 1.0  # zf5 channel multiplier, as ExtractConfig
+    weights: str = "none"  # hash of the weights file used ("none" = random init from seed)
+    crop_size: int = 224  # side of the warped crop (R-CNN: 227, AlexNet's input; ZF-5: 224)
+    context: int = 16  # px of context around the box in the warped crop (R-CNN: 16)
+    levels: tuple[int, ...] = (1, 2, 3, 6)  # pyramid on each crop's conv5 (R-CNN: one 6x6 pool5)
+    seed: int = 0  # random-init seed (matters only with weights "none")

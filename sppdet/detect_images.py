@@ -10,6 +10,11 @@ that trunk's geometry; then ``sppdet.detector.Detector`` (fc head, SVMs, box reg
 per-class NMS, top-k). The SVMs and regressors only apply to that exact trunk, so a weights file
 that no longer hashes to the folder's recorded ``weights`` id is a ``ModelError``.
 
+``method="rcnn"`` (``sppdet.methods``): the R-CNN baseline instead of SPP: the trunk of the
+recorded ``extract --method rcnn`` folder warps and runs every proposal (``sppdet.rcnn_stage``
+with that folder's crop size, context and levels), and the models trained with ``--method rcnn``
+score them.
+
 Inputs (:func:`expand_inputs`): files (taken whatever their suffix), directories (their image files
 by ``IMAGE_SUFFIXES``, not recursive) and glob patterns (expanded here, ``**`` included, so quoted
 patterns behave the same on every shell), each sorted, duplicates dropped. A directory or pattern
@@ -20,8 +25,9 @@ Cache: ``WORKDIR/detect-cache-<hash>/``, the hash covering the propose config, t
 folder's hash and the format version (``WorkDir.stage_dir``), so other proposal or trunk settings
 never reuse it. Per image, keyed by the SHA-256 of the file's bytes (a renamed or copied image
 hits, an edited one misses): ``<sha>.proposals.npy`` (float32 [P, 4]) and ``<sha>.npz`` (the maps
-in ``sppdet.features``' format), written atomically; an invalid file is recomputed. The cache is
-never pruned: delete the folder to reclaim the space.
+in ``sppdet.features``' format), or for rcnn ``<sha>.rcnn.npy`` (float16 [P, D], the proposals'
+vectors), written atomically; an invalid file is recomputed. The cache is never pruned: delete
+the folder to reclaim the space.
 
 Score threshold: ``DEFAULT_SCORE_THRESHOLD = 0.0``, the SVMs' decision boundary (score >= 0: the
 SVM's "object" side), for the drawn boxes and the JSON alike. (``DetectConfig`` and ``sppdet eval``
@@ -58,10 +64,12 @@ from sppdet.evaluate import Detections
 from sppdet.extract_stage import STAGE as EXTRACT_STAGE
 from sppdet.extract_stage import FeaturesInfo, features_dir, features_info
 from sppdet.features import compute_features, load_feature_file, save_feature_file
+from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.propose_stage import STAGE as PROPOSE_STAGE
 from sppdet.propose_stage import read_valid
 from sppdet.proposals import selective_search
+from sppdet.rcnn_stage import RcnnInfo, cached_rcnn_features, rcnn_features_dir, rcnn_info
 from sppdet.results_io import write_coco_json
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.window_source import pooled_feature_hash
@@ -186,14 +194,15 @@ def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
                            "(then extract, finetune, train-svm, train-bbox) again") from None
 
 
-def rebuild_trunk(workdir: WorkDir, folder: Path, info: FeaturesInfo) -> Backbone:
-    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``),
-    rebuilt from the extract stage's record. ``ModelError`` if its weights file is gone or no
-    longer hashes to the id the features were computed with."""
+def rebuild_trunk(workdir: WorkDir, folder: Path, info: FeaturesInfo | RcnnInfo,
+                  stage: str = EXTRACT_STAGE) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
+    ``rcnn_info`` with ``stage = "extract:rcnn"``), rebuilt from the ``stage`` record. ``ModelError``
+    if its weights file is gone or no longer hashes to the id the features were computed with."""
     config = info.config
     weights = "none"
     if config.weights != "none":
-        record = workdir.config().get("stages", {}).get(EXTRACT_STAGE) or {}
+        record = workdir.config().get("stages", {}).get(stage) or {}
         source = record.get("weights_source") if record.get("folder") == folder.name else None
         if not source or not Path(source).is_file():
             raise ModelError(f"{source or folder}: the trunk weights of the features {folder.name} "
@@ -213,22 +222,31 @@ class ImageDetector:
     """A trained work directory ready to run on image files (models and trunk loaded once).
 
     ``config``: test settings (NMS, top-k, score threshold, box regression); ``device``:
-    "auto", "cpu" or "cuda" for the trunk and the pooling.
+    "auto", "cpu" or "cuda" for the trunk and the pooling; ``method``: "spp" or "rcnn".
     """
 
     def __init__(self, workdir: str | os.PathLike | WorkDir | None,
-                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto"):
+                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto",
+                 method: str = DEFAULT_METHOD):
         work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-        require_trained(work)
+        require_trained(work, method)
+        self.method = method
         self.propose_config = recorded_propose_config(work)
-        self.features_folder = features_dir(work)
-        self.info = features_info(self.features_folder)
+        if method == DEFAULT_METHOD:
+            self.features_folder = features_dir(work)
+            self.info = features_info(self.features_folder)
+            levels = LEVELS
+        else:
+            self.features_folder = rcnn_features_dir(work)
+            self.info = rcnn_info(self.features_folder)
+            levels = self.info.config.levels
         self.device = resolve_device(device)
-        self.backbone = rebuild_trunk(work, self.features_folder, self.info)
+        self.backbone = rebuild_trunk(work, self.features_folder, self.info,
+                                      stage_key(EXTRACT_STAGE, method))
         features_hash = work.stage_hash(self.features_folder)
-        self.dim = pooled_dim(self.info.channels, LEVELS)
-        self.detector = Detector.from_workdir(work, pooled_feature_hash(features_hash, LEVELS),
-                                              self.dim, config)
+        self.dim = pooled_dim(self.info.channels, levels)
+        self.detector = Detector.from_workdir(
+            work, pooled_feature_hash(features_hash, levels, method), self.dim, config, method)
         self.classes = self.detector.classes
         self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
                                            inputs={"features": features_hash})
@@ -260,6 +278,20 @@ class ImageDetector:
         save_feature_file(path, maps, factors, bgr.shape[:2])
         return maps, factors, True
 
+    def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray):
+        """(pooled float32 [P, D] of ``proposals`` [P, 4], whether anything was computed)."""
+        if self.method != DEFAULT_METHOD:
+            try:
+                return cached_rcnn_features(self.cache_folder / f"{key}.rcnn.npy", self.backbone, bgr,
+                                            proposals, self.info.config, self.device)
+            except ModelError as exc:
+                raise ModelError(f"{image}: {exc}") from None
+        maps, factors, computed = self._features(bgr, key, image)
+        if not len(proposals):
+            return np.zeros((0, self.dim), np.float32), computed
+        return pool_windows(maps, factors, proposals, self.info.stride, self.info.offset, LEVELS,
+                            device=self.device).cpu().numpy(), computed
+
     def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
         """Detect in one image file: (its uint8 BGR [H, W, 3], its ``ImageResult`` without an
         annotated copy). Proposals and features come from the cache when present.
@@ -269,12 +301,7 @@ class ImageDetector:
         bgr = load_bgr(path)
         key = file_hash(path, chars=KEY_CHARS)
         proposals, new_proposals = self._proposals(bgr, key)
-        maps, factors, new_features = self._features(bgr, key, path)
-        if len(proposals):
-            pooled = pool_windows(maps, factors, proposals, self.info.stride, self.info.offset,
-                                  LEVELS, device=self.device).cpu().numpy()
-        else:
-            pooled = np.zeros((0, self.dim), np.float32)
+        pooled, new_features = self._pooled(bgr, key, path, proposals)
         boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2])
         return bgr, ImageResult(path, path.stem, bgr.shape[:2], boxes, scores, labels,
                                 new_proposals or new_features, time.perf_counter() - start, None)

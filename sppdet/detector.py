@@ -10,7 +10,8 @@ to the image, and per-class NMS at IoU 0.3 keeps at most ``top_k`` boxes per cla
 one matrix product per model and one batched NMS: no Python loop over windows or classes.
 
 :func:`detect_split` runs the detector over a split from the caches (``sppdet propose`` and
-``sppdet extract`` on that split first).
+``sppdet extract`` on that split first). ``method`` ("spp" or "rcnn", ``sppdet.methods``) picks
+the window features and the models trained on them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sppdet.errors import WorkdirError
 from sppdet.evaluate import Detections
 from sppdet.finetune_stage import finetuned_head
 from sppdet.head import FcHead, fc7_features
+from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir
 from sppdet.svm import SvmModel
@@ -47,16 +49,17 @@ class Detector:
 
     @classmethod
     def from_workdir(cls, workdir: WorkDir, feature_hash: str, in_dim: int,
-                     config: DetectConfig = DetectConfig()) -> "Detector":
-        """The models the work directory's last training stages recorded, each checked against
-        the pooled features ``feature_hash`` (``WindowSource.feature_hash``) of dimension ``in_dim``."""
-        record = require_trained(workdir)
+                     config: DetectConfig = DetectConfig(), method: str = DEFAULT_METHOD) -> "Detector":
+        """The models the work directory's last training stages with ``method`` recorded, each
+        checked against the pooled features ``feature_hash`` (``WindowSource.feature_hash``) of
+        dimension ``in_dim``."""
+        record = require_trained(workdir, method)
         head, svm_hash = None, f"{feature_hash}:pool5"
         if record["layer"] == "fc7":
-            head, head_id = finetuned_head(workdir, feature_hash, in_dim)
+            head, head_id = finetuned_head(workdir, feature_hash, in_dim, method)
             svm_hash = f"{feature_hash}:fc7:{head_id}"
-        svms = trained_svms(workdir, svm_hash)
-        regressors = trained_regressors(workdir, feature_hash) if config.bbox_reg else None
+        svms = trained_svms(workdir, svm_hash, method)
+        regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
         return cls(svms.class_names, svms, head, regressors, config)
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
@@ -82,12 +85,14 @@ class Detector:
         return boxes[keep], kept_scores[keep], labels[keep]
 
 
-def require_trained(workdir: WorkDir) -> dict:
-    """The ``train-svm`` record of ``workdir``; ``WorkdirError`` saying which stages to run if none."""
-    record = workdir.config().get("stages", {}).get(SVM_STAGE)
+def require_trained(workdir: WorkDir, method: str = DEFAULT_METHOD) -> dict:
+    """The ``train-svm`` record of ``workdir`` for ``method``; ``WorkdirError`` saying which
+    stages to run if none."""
+    record = workdir.config().get("stages", {}).get(stage_key(SVM_STAGE, method))
     if not record:
-        raise WorkdirError(f"{workdir.root}: no trained detector; run sppdet propose, extract, "
-                           "finetune, train-svm and train-bbox first")
+        flag = "" if method == DEFAULT_METHOD else f" with --method {method}"
+        raise WorkdirError(f"{workdir.root}: no trained detector{flag}; run sppdet propose, extract, "
+                           f"finetune, train-svm and train-bbox{flag} first")
     return record
 
 
@@ -103,11 +108,11 @@ def _rank_within_label(labels: np.ndarray) -> np.ndarray:
 
 
 def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
-                 progress: Progress = no_progress) -> Detections:
-    """The trained detector run over every image of ``split`` from the caches."""
-    require_trained(workdir)
-    source = WindowSource(workdir, split, data_root)
-    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config)
+                 progress: Progress = no_progress, method: str = DEFAULT_METHOD) -> Detections:
+    """The detector trained with ``method`` run over every image of ``split`` from the caches."""
+    require_trained(workdir, method)
+    source = WindowSource(workdir, split, data_root, method=method)
+    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config, method)
     per_image = {}
     for image_id in source.image_ids:
         windows = source.proposals(image_id)

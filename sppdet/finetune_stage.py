@@ -9,7 +9,9 @@ and feeds mini-batches of ``batch_size`` windows to SGD. Memory holds one batch,
 Initialisation: the head trained by ``sppdet pretrain`` when its recorded pooled dimension, hidden
 sizes and class count match (the paper starts from ImageNet fc6/fc7), else seeded random.
 Output: ``finetune-<hash>/head.pt``; the hash covers the config, the features, the proposals and
-the initial head, so changing any of them trains a new head.
+the initial head, so changing any of them trains a new head. ``method`` ("spp" or "rcnn",
+``sppdet.methods``) picks the window features and the ``config.json`` record (``finetune`` or
+``finetune:rcnn``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from sppdet.config import FinetuneConfig
 from sppdet.errors import ModelError, WorkdirError
 from sppdet.head import FcHead, iterate_minibatches, label_windows, load_head, sample_windows, save_head, train_head
+from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir, file_hash
 from sppdet.window_source import WindowSource
@@ -81,9 +84,11 @@ def window_batches(source: WindowSource, config: FinetuneConfig, epoch: int, pro
 
 
 def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConfig = FinetuneConfig(),
-                 data_root=None, progress: Progress = no_progress) -> FinetuneSummary:
-    """Train (or find already trained) the fc head on ``split``; record it in ``config.json``."""
-    source = WindowSource(workdir, split, data_root)
+                 data_root=None, progress: Progress = no_progress,
+                 method: str = DEFAULT_METHOD) -> FinetuneSummary:
+    """Train (or find already trained) the fc head on ``split`` with ``method``'s window features;
+    record it in ``config.json``."""
+    source = WindowSource(workdir, split, data_root, method=method)
     init_path, init_id = _pretrained_head(workdir, source, config)
     folder = workdir.stage_dir(STAGE, config, inputs={**source.inputs, "init": init_id})
     head_path = folder / HEAD_FILE
@@ -106,18 +111,22 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
     else:
         progress(config.epochs * len(source.image_ids))
     _, meta = load_head(head_path)
-    workdir.record_stage(STAGE, {"folder": folder.name, "head": str(head_path.relative_to(workdir.root)),
+    workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
+                                                    "head": str(head_path.relative_to(workdir.root)),
                                  "split": split, "config": config})
     return FinetuneSummary(folder, trained, "pretrain" if init_path else "random", config.epochs,
                            meta["final_loss"], meta["final_accuracy"], time.perf_counter() - start)
 
 
-def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int) -> tuple[FcHead, str]:
-    """The head recorded by the last ``finetune`` and its file hash; ``WorkdirError`` if there is
-    none, ``ModelError`` if it was trained on other features than ``feature_hash``."""
-    record = workdir.config().get("stages", {}).get(STAGE)
+def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int,
+                   method: str = DEFAULT_METHOD) -> tuple[FcHead, str]:
+    """The head recorded by the last ``finetune`` with ``method`` and its file hash;
+    ``WorkdirError`` if there is none, ``ModelError`` if it was trained on other features than
+    ``feature_hash``."""
+    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
     if not record or not (workdir.root / record["head"]).is_file():
-        raise WorkdirError(f"{workdir.root}: no fine-tuned fc head; run sppdet finetune first "
+        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
+        raise WorkdirError(f"{workdir.root}: no fine-tuned fc head; run sppdet finetune{flag} first "
                            "(or use --layer pool5)")
     path = workdir.root / record["head"]
     head, meta = load_head(path, expected_in_dim=in_dim)

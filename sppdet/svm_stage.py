@@ -7,7 +7,8 @@ R-CNN's way on random proposals of random images before mining.
 
 ``--layer fc7`` reads the head of the last ``sppdet finetune``; its file hash becomes part of the
 model's feature hash, so SVMs trained on one head refuse to score another's features.
-Output: ``svm-<hash>/svm.npz``.
+Output: ``svm-<hash>/svm.npz``. ``method`` ("spp" or "rcnn", ``sppdet.methods``) picks the window
+features, the fine-tuned head and the ``config.json`` record (``train-svm`` or ``train-svm:rcnn``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sppdet.config import SvmConfig
 from sppdet.errors import ConfigError, WorkdirError
 from sppdet.finetune_stage import finetuned_head
 from sppdet.head import fc7_features
+from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir
 from sppdet.svm import SvmClassReport, SvmModel, train_svms
@@ -47,16 +49,17 @@ def layer_transform(workdir: WorkDir, source: WindowSource, layer: str):
         raise ConfigError(f"--layer {layer!r}: choose one of {', '.join(LAYERS)}")
     if layer == "pool5":
         return None, f"{source.feature_hash}:pool5"
-    head, head_id = finetuned_head(workdir, source.feature_hash, source.dim)
+    head, head_id = finetuned_head(workdir, source.feature_hash, source.dim, source.method)
     return (lambda pooled: fc7_features(head, pooled)), f"{source.feature_hash}:fc7:{head_id}"
 
 
 def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig = SvmConfig(),
-                  data_root=None, progress: Progress = no_progress) -> SvmSummary:
-    """Train (or find already trained) the SVMs on ``split``; record them in ``config.json``.
-    ``progress`` advances once per image of each of the two passes."""
+                  data_root=None, progress: Progress = no_progress,
+                  method: str = DEFAULT_METHOD) -> SvmSummary:
+    """Train (or find already trained) the SVMs on ``split`` with ``method``'s window features;
+    record them in ``config.json``. ``progress`` advances once per image of each of the two passes."""
     start = time.perf_counter()
-    source = WindowSource(workdir, split, data_root)
+    source = WindowSource(workdir, split, data_root, method=method)
     transform, feature_hash = layer_transform(workdir, source, config.layer)
     folder = workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
     path = folder / MODEL_FILE
@@ -81,14 +84,17 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
         model.save(path)
     else:
         progress(2 * len(source.image_ids))
-    workdir.record_stage(STAGE, {"folder": folder.name, "model": str(path.relative_to(workdir.root)),
-                                 "layer": config.layer, "feature_hash": feature_hash, "config": config})
+    workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
+                                                    "model": str(path.relative_to(workdir.root)),
+                                                    "layer": config.layer, "feature_hash": feature_hash,
+                                                    "config": config})
     return SvmSummary(folder, bool(reports), reports, time.perf_counter() - start)
 
 
-def trained_svms(workdir: WorkDir, feature_hash: str) -> SvmModel:
-    """The SVMs of the last ``train-svm``, checked against ``feature_hash``."""
-    record = workdir.config().get("stages", {}).get(STAGE)
+def trained_svms(workdir: WorkDir, feature_hash: str, method: str = DEFAULT_METHOD) -> SvmModel:
+    """The SVMs of the last ``train-svm`` with ``method``, checked against ``feature_hash``."""
+    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
     if not record:
-        raise WorkdirError(f"{workdir.root}: no trained SVMs; run sppdet train-svm first")
+        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
+        raise WorkdirError(f"{workdir.root}: no trained SVMs; run sppdet train-svm{flag} first")
     return SvmModel.load(workdir.root / record["model"], feature_hash=feature_hash)

@@ -6,6 +6,11 @@ split evaluation read windows through :class:`WindowSource`, so they all see the
 (``sppdet propose``), the same feature maps (``sppdet extract``) and the same pooling
 (``sppdet.spp.pool_windows`` with the trunk's stride and offset). One image at a time: memory
 never grows with the dataset.
+
+``method="rcnn"`` (``sppdet.methods``) reads the R-CNN baseline's cached vectors instead
+(``sppdet extract --method rcnn``, ``sppdet.rcnn_stage``): ``pool`` then looks up the rows of the
+requested boxes, which must be ground-truth boxes or cached proposals (every caller asks only for
+those), and the pyramid levels are the ones the cache was computed with.
 """
 
 from __future__ import annotations
@@ -13,29 +18,48 @@ from __future__ import annotations
 import numpy as np
 
 from sppdet.data.voc import VocDataset
+from sppdet.errors import ConfigError
 from sppdet.extract_stage import features_dir, features_info, load_features
+from sppdet.methods import DEFAULT_METHOD, check_method
 from sppdet.propose_stage import load_proposals, proposals_dir
+from sppdet.rcnn_stage import lookup_pooled, rcnn_features_dir, rcnn_info
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.store import WorkDir
 from sppdet.windows import ImageWindows, estimate_feature_scale, make_image_windows
 
 
-def pooled_feature_hash(features_hash: str, levels=LEVELS) -> str:
-    """Identity of pooled features: a features folder's hash plus the pyramid levels. Models record
-    it and refuse other features (``sppdet.model_file``)."""
-    return f"{features_hash}:L{'-'.join(map(str, levels))}"
+def pooled_feature_hash(features_hash: str, levels=LEVELS, method: str = DEFAULT_METHOD) -> str:
+    """Identity of pooled features: a features folder's hash plus the pyramid levels, prefixed
+    ``rcnn:`` for the R-CNN method. Models record it and refuse other features
+    (``sppdet.model_file``)."""
+    prefix = "" if check_method(method) == DEFAULT_METHOD else f"{method}:"
+    return f"{prefix}{features_hash}:L{'-'.join(map(str, levels))}"
 
 
 class WindowSource:
-    """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``."""
+    """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``.
 
-    def __init__(self, workdir: WorkDir, split: str, data_root=None, levels=LEVELS):
+    ``levels``: the pyramid (default ``sppdet.spp.LEVELS``; for rcnn, the cache's levels);
+    ``method``: "spp" or "rcnn" (module docstring)."""
+
+    def __init__(self, workdir: WorkDir, split: str, data_root=None, levels=None,
+                 method: str = DEFAULT_METHOD):
         self.workdir = workdir
+        self.method = check_method(method)
         self.dataset = VocDataset(workdir.data_root(data_root), split, check_images=False)
         self.classes = self.dataset.classes
-        self.levels = tuple(levels)
-        self.features_folder = features_dir(workdir)
-        self.info = features_info(self.features_folder)
+        if self.method == DEFAULT_METHOD:
+            self.features_folder = features_dir(workdir)
+            self.info = features_info(self.features_folder)
+            self.levels = tuple(levels or LEVELS)
+        else:
+            self.features_folder = rcnn_features_dir(workdir)
+            self.info = rcnn_info(self.features_folder)
+            self.levels = self.info.config.levels
+            if levels is not None and tuple(levels) != self.levels:
+                raise ConfigError(f"levels {tuple(levels)}: the R-CNN features in {self.features_folder} "
+                                  f"were pooled with levels {self.levels}; re-run sppdet extract "
+                                  "--method rcnn with these levels")
         self.proposals_folder = proposals_dir(workdir)
         self.dim = pooled_dim(self.info.channels, self.levels)
 
@@ -46,7 +70,8 @@ class WindowSource:
     @property
     def feature_hash(self) -> str:
         """Identity of the pooled features (:func:`pooled_feature_hash`)."""
-        return pooled_feature_hash(self.workdir.stage_hash(self.features_folder), self.levels)
+        return pooled_feature_hash(self.workdir.stage_hash(self.features_folder), self.levels,
+                                   self.method)
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -66,9 +91,12 @@ class WindowSource:
         return load_proposals(self.proposals_folder, image_id)
 
     def pool(self, image_id: str, boxes: np.ndarray) -> np.ndarray:
-        """Pooled conv5 vectors float32 [R, D] of ``boxes`` [R, 4] (original image pixels)."""
+        """Pooled conv5 vectors float32 [R, D] of ``boxes`` [R, 4] (original image pixels); for
+        rcnn, boxes must be ground-truth boxes or cached proposals (else ``WorkdirError``)."""
         if len(boxes) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.method != DEFAULT_METHOD:
+            return lookup_pooled(self.features_folder, image_id, boxes, self.dim)
         cached = load_features(self.features_folder, image_id)
         pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
                               self.info.offset, levels=self.levels)

@@ -31,6 +31,14 @@ def test_command_documented_in_readme(name):
     assert f"sppdet {name}" in README, f"README.md lacks an example of `sppdet {name}`"
 
 
+@pytest.mark.parametrize("name", ["extract", "finetune", "train-svm", "train-bbox", "detect", "eval"])
+def test_method_option_on_feature_commands(name):
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert "--method [spp|rcnn]" in result.output
+    wrong = CliRunner().invoke(cli, [name, "--method", "fast-rcnn", *(["x.png"] if name == "detect" else [])])
+    assert wrong.exit_code == 2 and "'--method'" in wrong.output
+
+
 def test_unknown_option_is_usage_error():
     result = CliRunner().invoke(cli, ["synth", "--no-such-option"])
     assert result.exit_code == 2
