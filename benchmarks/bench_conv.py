@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -26,26 +24,10 @@ from torch import nn
 
 from sppdet.backbones import build_backbone, resolve_device
 from sppdet.features import compute_features
+from sppdet.timing import interleaved_medians
 
 IMAGE_HW = (688, 917)
 WARP = 224
-
-
-def _interleaved_medians(fns, reps: int, device: torch.device) -> list[float]:
-    """Median seconds of each function over ``reps`` rounds after one warm-up round; the
-    functions alternate within a round, so load from other processes hits all of them alike."""
-    times = [[] for _ in fns]
-    for round_index in range(reps + 1):
-        for fn, samples in zip(fns, times):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if round_index:
-                samples.append(time.perf_counter() - start)
-    return [statistics.median(samples) for samples in times]
 
 
 def _conv_macs(trunk: nn.Module, shape: tuple[int, ...]) -> int:
@@ -94,7 +76,7 @@ def bench(name: str, windows: int, batch: int, reps: int, device: torch.device) 
             inputs = torch.stack([backbone.preprocess(crop, device) for crop in crops])
             trunk(inputs.contiguous(memory_format=torch.channels_last)).half().cpu()
 
-    spp_s, batch_s = _interleaved_medians([one_pass, rcnn_batch], reps, device)
+    spp_s, batch_s = interleaved_medians([one_pass, rcnn_batch], reps, device)
     rcnn_s = batch_s * windows / batch
     return {"backbone": name, "device": str(device), "image_hw": list(IMAGE_HW), "windows": windows,
             "batch": batch, "spp_conv_s": spp_s, "rcnn_conv_s": rcnn_s, "speedup": rcnn_s / spp_s,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ import torchvision.ops
 
 from sppdet.spp import LEVELS, project_boxes, spp_pool
 from sppdet.store import atomic_write_json
+from sppdet.timing import interleaved_medians
 
 IMAGE_HW = (688, 917)
 MAP_SHAPE = (256, 43, 58)
@@ -44,22 +43,6 @@ def roi_pool_pyramid(fmap: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
     """torchvision's RoI max pooling at every level, concatenated like spp_pool's output."""
     return torch.cat([torchvision.ops.roi_pool(fmap[None], rois, (n, n), 1.0).flatten(1)
                       for n in LEVELS], 1)
-
-
-def median_seconds(fns, repeats: int, device: torch.device) -> list[float]:
-    """Median wall time of each function; calls alternate so background load hits all alike."""
-    times = [[] for _ in fns]
-    for repeat in range(repeats + 1):
-        for fn, spent in zip(fns, times):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if repeat:  # the first round is a warm-up
-                spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
 
 
 def main() -> None:
@@ -86,7 +69,7 @@ def main() -> None:
         for threads in sorted({1, default_threads}) if device.type == "cpu" else [default_threads]:
             torch.set_num_threads(threads)
             ops = [lambda: spp_pool(fmap, cells), lambda: roi_pool_pyramid(fmap, rois)]
-            spp_s, roi_s = median_seconds(ops, args.repeats, device)
+            spp_s, roi_s = interleaved_medians(ops, args.repeats, device)
             rows.append({"threads": threads, "spp_pool_ms": round(spp_s * 1e3, 2),
                          "roi_pool_ms": round(roi_s * 1e3, 2), "ratio": round(spp_s / roi_s, 3)})
         torch.set_num_threads(default_threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sppdet import __version__
+from cli.bench import bench
 from cli.detect import detect
 from cli.eval import eval_command
 from cli.extract import extract
@@ -28,6 +29,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(bench)
 cli.add_command(detect)
 cli.add_command(eval_command)
 cli.add_command(extract)
