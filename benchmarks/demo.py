@@ -26,8 +26,13 @@ from pathlib import Path
 #: Settings for the demo dataset (shapes of 15-220 px on 300-500 px images); each is a
 #: command-line option a user can change, and README.md explains the choice.
 BACKBONE = ["--backbone", "zf5", "--width", "0.25"]
-SCALES = ["--scales", "448"]
+#: Two scales: the trunk learns from 64 px crops, so small shapes need the 2x image.
+SCALES = ["--scales", "448,896"]
 PROPOSE = ["--max-side", "320"]
+#: The demo's classes are shapes: any rotation, colour independent of class (sppdet.data.synth).
+PRETRAIN = ["--augment", "flip,rot90,channels"]
+#: pool5 SVMs: on this data they beat fc7 of the fine-tuned head (BENCHMARKS.md, ablation).
+SVM = ["--layer", "pool5"]
 
 
 def sppdet() -> list[str]:
@@ -42,11 +47,11 @@ def stages(work: Path, data: Path, images: int) -> list[tuple[str, list[str]]]:
         ("synth", ["synth", str(data), "--images", str(images), "--seed", "0"]),
         ("propose trainval", ["propose", "--data", str(data), "--split", "trainval", *PROPOSE]),
         ("propose test", ["propose", "--split", "test", *PROPOSE]),
-        ("pretrain", ["pretrain", *BACKBONE, "--sizes", "448,360", "--epochs", "8"]),
+        ("pretrain", ["pretrain", *BACKBONE, *PRETRAIN]),
         ("extract trainval", ["extract", "--split", "trainval", *BACKBONE, *SCALES]),
         ("extract test", ["extract", "--split", "test", *BACKBONE, *SCALES]),
         ("finetune", ["finetune"]),
-        ("train-svm", ["train-svm"]),
+        ("train-svm", ["train-svm", *SVM]),
         ("train-bbox", ["train-bbox"]),
         ("eval", ["eval", "--split", "test", "--json", str(work / "demo-eval.json"),
                   "--plots", str(work / "plots")]),

@@ -18,7 +18,7 @@ def _parse_ints(ctx, param, value: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected whole numbers, e.g. 448,360") from None
+        raise click.BadParameter(f"{value!r}: expected whole numbers, e.g. 64,52") from None
     if not values:
         raise click.BadParameter(f"{value!r}: expected at least one number")
     return values
@@ -37,12 +37,17 @@ def _join(values) -> str:
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True,
               help="Passes over the split.")
 @click.option("--sizes", default=_join(DEFAULTS.sizes), show_default=True, callback=_parse_ints,
-              help="Shorter-side image sizes, alternated epoch by epoch (multi-size training; "
-                   "e.g. the extract scale and 0.8 of it).")
+              help="Crop sides in pixels, alternated epoch by epoch (multi-size training; "
+                   "paper: 224,180).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
               show_default=True, help="Peak SGD learning rate (warm-up, then cosine decay).")
-@click.option("--windows-per-image", type=click.IntRange(min=2), default=DEFAULTS.windows_per_image,
-              show_default=True, help="Windows per image and SGD step, up to half of them objects.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=DEFAULTS.batch_size,
+              show_default=True, help="Crops per SGD step.")
+@click.option("--augment", default=_join(DEFAULTS.augment), show_default=True,
+              callback=lambda ctx, param, value: tuple(p.strip() for p in value.split(",") if p.strip()),
+              help="Crop augmentations, comma-separated: flip, rot90, channels. Add rot90 and "
+                   "channels only when a class stays itself when turned or recoloured (the demo's "
+                   "shapes), not for VOC.")
 @click.option("--hidden", default=_join(DEFAULTS.hidden), show_default=True, callback=_parse_ints,
               help="fc6,fc7 sizes of the classifier head (paper: 4096,4096).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
@@ -51,22 +56,23 @@ def _join(values) -> str:
 @workdir_option
 @data_option
 @quiet_option
-def pretrain(split, backbone, width, epochs, sizes, lr, windows_per_image, hidden, seed, device,
+def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hidden, seed, device,
              workdir, data_root, quiet):
     """Train the conv trunk on the dataset when no ImageNet weights exist.
 
-    The trunk, an SPP layer and an fc6-fc7 head classify ground-truth boxes and background
-    proposals (IoU < 0.3 to every object) into the K classes + background, with random flips and
-    two image sizes alternated per epoch. Needs `sppdet propose` first. The trunk goes to
+    The trunk (with batch norm, folded away when saved), an SPP layer and an fc6-fc7 head
+    classify warped crops of ground-truth boxes, proposals with IoU >= 0.5 to them and background
+    proposals (IoU < 0.3 to every object) into the K classes + background, in mini-batches, with
+    two crop sizes alternated per epoch. Needs `sppdet propose` first. The trunk goes to
     WORKDIR/pretrain-<hash>/trunk.pt, which `sppdet extract` then uses by default (same
     --backbone/--width); the same settings again reuse it.
 
-    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 12 --sizes 448,360
+    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 12 --sizes 64,52
     """
     if len(hidden) != 2:
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")
     config = PretrainConfig(backbone=backbone, width=width, sizes=sizes, epochs=epochs, lr=lr,
-                            windows_per_image=windows_per_image, hidden=hidden, seed=seed)
+                            batch_size=batch_size, augment=augment, hidden=hidden, seed=seed)
     with library_errors():
         job = prepare_pretrain(workdir, config, split=split, data_root=data_root, device=device)
         if job.done:
@@ -80,10 +86,10 @@ def pretrain(split, backbone, width, epochs, sizes, lr, windows_per_image, hidde
                              highlight=False)
     last = summary.history[-1]
     table = Table(title=f"sppdet pretrain: {split}", show_header=False)
-    table.add_row("backbone", f"{backbone} (width {width}), sizes {_join(sizes)}")
+    table.add_row("backbone", f"{backbone} (width {width}), crops {_join(sizes)}, augment {_join(augment)}")
     table.add_row("data", f"{summary.images} images, classes {', '.join(summary.classes)}")
     table.add_row("epochs", str(len(summary.history)))
-    table.add_row("final epoch", f"loss {last.loss:.4f}, window accuracy {last.accuracy:.3f}")
+    table.add_row("final epoch", f"loss {last.loss:.4f}, crop accuracy {last.accuracy:.3f}")
     table.add_row("time", f"{summary.seconds:.1f} s on {summary.device}"
                   + (" (earlier run)" if summary.skipped else ""))
     stdout_console.print(table)

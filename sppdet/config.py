@@ -92,26 +92,29 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Training the conv trunk as an SPP window classifier when no ImageNet weights exist
-    (sppdet.pretrain; the paper pre-trains ZF-5 on ImageNet with multi-size training, section 2.3).
-    Defaults measured on the synth demo data (see sppdet.pretrain)."""
+    """Training the conv trunk as an SPP classifier of warped windows when no ImageNet weights
+    exist (sppdet.pretrain; the paper pre-trains ZF-5 on ImageNet crops with multi-size training,
+    section 2.3). Defaults measured on the synth demo data (see sppdet.pretrain)."""
 
     backbone: str = "zf5"  # trunk to train (sppdet.backbones); zf5 is the paper's
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
-    sizes: tuple[int, ...] = (448, 360)  # shorter sides, one per epoch in turn (paper: 224, 180 crops)
+    sizes: tuple[int, ...] = (64, 52)  # crop sides, one per epoch in turn (paper: 224, 180)
     epochs: int = 12  # passes over the split (paper: ImageNet, ~70 epochs)
-    lr: float = 0.01  # peak SGD learning rate; linear warm-up, then cosine decay to 0
+    lr: float = 0.05  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)
     weight_decay: float = 5e-4  # (paper: 5e-4)
-    windows_per_image: int = 128  # windows per image, one image per SGD step (release fine-tuning: 128)
-    fg_fraction: float = 0.5  # at most this share of the windows are objects (paper fine-tuning: 0.25)
-    fg_iou: float = 0.7  # proposals with IoU >= this to an object are extra positives of its class (> 1 = off)
+    batch_size: int = 128  # crops per SGD step (paper: 128 ImageNet crops)
+    positives_per_object: int = 8  # extra crops per object: proposals with IoU >= fg_iou to it
+    backgrounds_per_image: int = 24  # background crops per image: proposals with IoU < bg_iou to all
+    fg_iou: float = 0.5  # proposals this close to an object are crops of its class (R-CNN fine-tuning)
     bg_iou: float = 0.3  # background: proposals with IoU < this to every object (R-CNN SVM negatives)
+    context: int = 16  # px of context around each box at a 224 px crop, scaled with the crop (R-CNN: 16)
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 sizes (paper: 4096, 4096)
     dropout: float = 0.0  # after fc6 and fc7 (paper: 0.5; here it slows a from-scratch trunk's few epochs)
-    flip: bool = True  # random horizontal flips of image and boxes
-    shift: bool = True  # random 0-15 px crop off the left/top: objects meet the conv5 grid at new offsets
-    seed: int = 0  # init, window sampling, flips, shifts, dropout and image order
+    batch_norm: bool = True  # after every conv while training, folded into the conv when saved
+    augment: tuple[str, ...] = ("flip",)  # per crop: "flip" (left-right), "rot90", "channels" (permutation)
+    images_per_group: int = 8  # crops of this many images are shuffled together into batches
+    seed: int = 0  # init, image order, crop sampling, augmentation and dropout
 
 
 @dataclass(frozen=True)

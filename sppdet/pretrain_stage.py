@@ -29,7 +29,7 @@ from sppdet.data.voc import VocDataset
 from sppdet.errors import WorkdirError
 from sppdet.head import load_head, save_head
 from sppdet.parallel import Progress, no_progress
-from sppdet.pretrain import EpochStats, SppClassifier, check_config, new_classifier, train_classifier
+from sppdet.pretrain import CropClassifier, EpochStats, check_config, new_classifier, train_classifier
 from sppdet.propose_stage import load_proposals, proposals_dir
 from sppdet.spp import LEVELS, pooled_dim
 from sppdet.store import WorkDir, atomic_path, atomic_write_json, read_json, to_jsonable
@@ -138,13 +138,14 @@ def _record(work: WorkDir, folder: Path, config: PretrainConfig, split: str, cla
 
 
 def load_pretrained(workdir: str | os.PathLike | WorkDir | None = None
-                    ) -> tuple[SppClassifier, Backbone, dict]:
-    """The classifier that ``sppdet pretrain`` last recorded in this work directory (eval mode,
-    on the CPU), its backbone, and its ``config.json`` record; ``WorkdirError`` if there is none."""
+                    ) -> tuple[CropClassifier, Backbone, dict]:
+    """The classifier that ``sppdet pretrain`` last recorded in this work directory (the saved
+    plain trunk, batch norm folded; eval mode, on the CPU), its backbone, and its ``config.json``
+    record; ``WorkdirError`` if there is none."""
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
     record = work.config().get("stages", {}).get(STAGE)
     if not record or not (work.root / record["weights"]).is_file():
         raise WorkdirError(f"{work.root}: no pretrained trunk; run sppdet pretrain first")
     backbone = build_backbone(record["backbone"], float(record["width"]), work.root / record["weights"])
     head, _ = load_head(work.root / record["head"], expected_in_dim=pooled_dim(backbone.channels))
-    return SppClassifier(backbone, head).eval(), backbone, record
+    return CropClassifier(backbone, head, batch_norm=False).eval(), backbone, record

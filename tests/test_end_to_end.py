@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     sppdet("synth", str(data), "--images", "24", "--seed", "3")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--max-side", "200", "--workers", "1")
     sppdet("propose", "--split", "test", "--max-side", "200", "--workers", "1")
-    sppdet("pretrain", *TINY, "--sizes", "160,128", "--epochs", "3", "--hidden", "64,64")
+    sppdet("pretrain", *TINY, "--sizes", "48,40", "--epochs", "3", "--hidden", "64,64", "--batch-size", "32")
     for split in ("trainval", "test"):
         sppdet("extract", "--split", split, *TINY, *SCALE)
     sppdet("finetune", "--hidden", "64,64", "--epochs", "3")

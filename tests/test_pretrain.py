@@ -1,5 +1,5 @@
-"""The ``pretrain`` stage: window sampling, SPP pooling for training, learning, reproducibility,
-the saved trunk and head, caching and the command."""
+"""The ``pretrain`` stage: window sampling, crop batches and augmentation, batch-norm folding,
+learning, reproducibility, the saved trunk and head, caching and the command."""
 
 from __future__ import annotations
 
@@ -20,17 +20,18 @@ from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
 from sppdet.extract_stage import resolve_weights
 from sppdet.head import FcHead, load_head
-from sppdet.pretrain import (SppClassifier, check_config, hflip_boxes, pretrain_windows,
-                             roi_spp_pool, window_accuracy)
+from sppdet.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
+                             pretrain_windows)
 from sppdet.pretrain_stage import load_pretrained, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import load_proposals, prepare_propose, proposal_path, run_propose
-from sppdet.spp import pooled_dim, spp_pool
+from sppdet.spp import pooled_dim
 from sppdet.store import WorkDir
 
 HEIGHT, WIDTH = 120, 160
 CLASSES = ("circle", "square")
-TINY = PretrainConfig(width=0.125, sizes=(128, 96), epochs=16, lr=0.01, windows_per_image=32,
-                      hidden=(64, 64), dropout=0.0)
+TINY = PretrainConfig(width=0.125, sizes=(48, 40), epochs=8, lr=0.05, batch_size=16,
+                      positives_per_object=4, backgrounds_per_image=8, hidden=(64, 64),
+                      images_per_group=3)
 
 
 def _draw(rng: np.random.Generator, image: np.ndarray, name: str) -> np.ndarray:
@@ -105,13 +106,13 @@ def trained(tiny):
 
 
 def _windows_reference(gt, labels, difficult, proposals, config):
-    """Candidate sets by a loop over proposals: background indices, extra positives -> label."""
+    """Candidate sets by a loop over proposals: background indices; extra positives -> (object, label)."""
     background, extra = [], {}
     for n, proposal in enumerate(proposals):
         overlaps = [iou_matrix(proposal[None], box[None])[0, 0] for box in gt]
         if all(o < config.bg_iou for o in overlaps):
             background.append(n)
-        usable = [(o, labels[g]) for g, o in enumerate(overlaps) if labels[g] > 0 and not difficult[g]]
+        usable = [(o, g) for g, o in enumerate(overlaps) if labels[g] > 0 and not difficult[g]]
         if usable and max(usable)[0] >= config.fg_iou:
             extra[n] = max(usable)[1]
     return background, extra
@@ -124,24 +125,25 @@ def test_pretrain_windows_match_a_loop_reference():
     jitter = np.repeat(gt, 10, 0) + rng.normal(0, 4, (30, 4)).astype(np.float32)
     corner = rng.uniform(0, 100, (200, 2)).astype(np.float32)
     proposals = np.concatenate([jitter, np.concatenate([corner, corner + 20], 1)])
-    config = PretrainConfig(windows_per_image=40, fg_fraction=0.5)
+    config = PretrainConfig(positives_per_object=6, backgrounds_per_image=25)
     background, extra = _windows_reference(gt, labels, difficult, proposals, config)
     boxes, got = pretrain_windows(gt, labels, difficult, proposals, config, np.random.default_rng(0))
 
-    assert boxes.dtype == np.float32 and got.dtype == np.int64 and len(boxes) == 40
-    assert np.array_equal(boxes[:2], gt[:2]) and np.array_equal(got[:2], [1, 2])  # GT first
+    assert boxes.dtype == np.float32 and got.dtype == np.int64
+    assert np.array_equal(boxes[:2], gt[:2]) and np.array_equal(got[:2], [1, 2])  # usable GT first
+    per_object = [sum(1 for owner in extra.values() if owner == g) for g in (0, 1)]
     n_fg = int((got > 0).sum())
-    assert n_fg == min(20, 2 + len(extra))
+    assert n_fg == 2 + sum(min(6, count) for count in per_object)
+    assert len(got) == n_fg + min(25, len(background)) and (got[n_fg:] == 0).all()
     for box, label in zip(boxes[2:n_fg], got[2:n_fg]):
         index = int(np.flatnonzero((proposals == box).all(1))[0])
-        assert extra[index] == label
+        assert label == labels[extra[index]]
     for box in boxes[n_fg:]:
         assert int(np.flatnonzero((proposals == box).all(1))[0]) in background
-    assert (got[n_fg:] == 0).all()
 
 
 def test_pretrain_windows_without_objects_or_proposals():
-    config = PretrainConfig(windows_per_image=8)
+    config = PretrainConfig(backgrounds_per_image=8)
     proposals = np.array([[0, 0, 10, 10], [5, 5, 30, 30]], np.float32)
     boxes, labels = pretrain_windows(np.zeros((0, 4)), np.zeros(0), np.zeros(0, bool), proposals,
                                      config, np.random.default_rng(0))
@@ -151,32 +153,47 @@ def test_pretrain_windows_without_objects_or_proposals():
     assert boxes.shape == (0, 4) and labels.shape == (0,)
 
 
-def test_hflip_boxes_flips_the_covered_pixels():
-    boxes = np.array([[0, 2, 3, 5], [4, 0, 10, 1], [7, 3, 10, 6]], np.float32)
-    flipped = hflip_boxes(boxes, 10)
-    for box, new in zip(boxes.astype(int), flipped.astype(int)):
-        mask = np.zeros((6, 10), bool)
-        mask[box[1]:box[3], box[0]:box[2]] = True
-        expected = np.zeros((6, 10), bool)
-        expected[new[1]:new[3], new[0]:new[2]] = True
-        assert np.array_equal(mask[:, ::-1], expected)
+def test_augment_crops_applies_one_allowed_transform_per_crop():
+    crops = torch.arange(40 * 3 * 4 * 4, dtype=torch.float32).reshape(40, 3, 4, 4)
+    out = augment_crops(crops, ("flip", "rot90", "channels"), np.random.default_rng(0))
+    seen = set()
+    for before, after in zip(crops, out):
+        matches = [(f, k, p) for f in (0, 1) for k in range(4) for p in
+                   ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+                   if torch.equal(after, (before.flip(2) if f else before).rot90(k, (1, 2))[list(p)])]
+        assert matches, "each crop is a flip/turn/permutation of itself"
+        seen.update(matches)
+    assert len(seen) > 10  # the transforms vary from crop to crop
+    assert torch.equal(augment_crops(crops, (), np.random.default_rng(0)), crops)
 
 
-def test_roi_spp_pool_equals_spp_pool_and_has_its_gradient_support():
-    generator = torch.Generator().manual_seed(0)
-    fmap = torch.randn(1, 5, 13, 11, generator=generator, requires_grad=True)
-    x1, y1 = torch.randint(0, 11, (50,), generator=generator), torch.randint(0, 13, (50,), generator=generator)
-    cells = torch.stack([x1, y1, (x1 + torch.randint(0, 11, (50,), generator=generator)).clamp(max=10),
-                         (y1 + torch.randint(0, 13, (50,), generator=generator)).clamp(max=12)], 1)
-    fast = roi_spp_pool(fmap, cells)
-    assert torch.equal(fast, spp_pool(fmap[0], cells))
-    fast.sum().backward()
-    assert fmap.grad.sum().item() == pytest.approx(fast.numel())  # one max cell per bin
+def test_crop_batches_cover_every_sampled_window(tiny):
+    root, work = tiny
+    dataset = prepare_pretrain(work, TINY, data_root=root).dataset
+    backbone = build_backbone("zf5", TINY.width)
+    proposals = lambda image_id: load_proposals(work, image_id)  # noqa: E731
+    expected = np.zeros(len(CLASSES) + 1, np.int64)
+    order = np.random.default_rng([TINY.seed, 0]).permutation(len(dataset.image_ids))
+    for group, first in enumerate(range(0, len(order), TINY.images_per_group)):
+        rng = np.random.default_rng([TINY.seed, 0, group])
+        for index in order[first:first + TINY.images_per_group]:
+            annotation = dataset.annotation(dataset.image_ids[index])
+            _, labels = pretrain_windows(annotation.boxes, annotation.labels(dataset.classes),
+                                         annotation.difficult, proposals(dataset.image_ids[index]), TINY, rng)
+            expected += np.bincount(labels, minlength=len(expected))
+    calls = []
+    batches = list(crop_batches(dataset, proposals, TINY, backbone, 0, 40, torch.device("cpu"),
+                                lambda n, **_: calls.append(n)))
+    assert all(len(labels) == TINY.batch_size for _, labels in batches[:-1])
+    assert all(crops.shape[1:] == (3, 40, 40) for crops, _ in batches)
+    got = np.bincount(torch.cat([labels for _, labels in batches]).numpy(), minlength=len(expected))
+    assert np.array_equal(got, expected) and sum(calls) == len(dataset.image_ids)
 
 
 def test_check_config_rejects_bad_settings():
-    for bad in (dict(sizes=()), dict(sizes=(16,)), dict(epochs=0), dict(lr=0.0),
-                dict(fg_fraction=1.0), dict(bg_iou=0.8), dict(hidden=(0, 4)), dict(dropout=1.0)):
+    for bad in (dict(sizes=()), dict(sizes=(16,)), dict(epochs=0), dict(lr=0.0), dict(batch_size=1),
+                dict(bg_iou=0.8), dict(hidden=(0, 4)), dict(dropout=1.0), dict(augment=("blur",)),
+                dict(context=200), dict(images_per_group=0)):
         with pytest.raises(ConfigError):
             check_config(replace(TINY, **bad))
 
@@ -186,11 +203,11 @@ def test_training_lowers_the_loss_and_beats_chance(tiny, trained):
     job, summary = trained
     history = summary.history
     assert len(history) == TINY.epochs and not summary.skipped
-    assert [epoch.size for epoch in history] == [128, 96] * 8
+    assert [epoch.size for epoch in history] == [48, 40] * 4
     assert history[-1].loss < 0.7 * history[0].loss
-    model, backbone, record = load_pretrained(work)
-    accuracy = window_accuracy(model, backbone, job.dataset,
-                               lambda image_id: load_proposals(work, image_id), TINY, 128)
+    model, backbone, record = load_pretrained(work)  # the saved plain trunk, batch norm folded
+    accuracy = crop_accuracy(model, backbone, job.dataset,
+                             lambda image_id: load_proposals(work, image_id), TINY, 48)
     # chance: 1 / 3 for objects; "everything is background" scores 0 on them
     assert accuracy.foreground > 0.6 and accuracy.background > 0.6
     assert record["classes"] == list(CLASSES)
@@ -225,16 +242,22 @@ def test_saved_trunk_loads_and_extract_uses_it(tiny, trained):
     assert head.hidden == TINY.hidden and meta["classes"] == list(CLASSES)
 
 
-def test_trunk_state_folds_the_input_scale():
-    """A plain trunk loaded with ``trunk_state`` gives the classifier's conv5 on the unscaled image."""
+def test_trunk_state_folds_batch_norm_and_the_input_scale():
+    """A plain trunk loaded with ``trunk_state`` gives the classifier's conv5 on the unscaled crops."""
     backbone = build_backbone("zf5", 0.125, seed=3)
-    model = SppClassifier(backbone, FcHead(pooled_dim(backbone.channels), (8, 8), 2), input_scale=1 / 64)
-    image = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0)) * 60
+    model = CropClassifier(backbone, FcHead(pooled_dim(backbone.channels), (8, 8), 2), input_scale=1 / 64)
+    generator = torch.Generator().manual_seed(0)
+    for module in model.trunk.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics and affine terms
+            for tensor in (module.weight, module.bias, module.running_mean):
+                tensor.data = torch.randn(tensor.shape, generator=generator)
+            module.running_var.data = torch.rand(module.running_var.shape, generator=generator) + 0.5
+    crops = torch.randn(4, 3, 48, 48, generator=generator) * 60
     plain = build_backbone("zf5", 0.125).trunk
     plain.load_state_dict(model.trunk_state())
+    model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(plain(image[None]), model.conv5(image), rtol=1e-4, atol=1e-4)
-        assert not torch.allclose(backbone.trunk(image[None]), model.conv5(image))
+        torch.testing.assert_close(plain(crops), model.trunk(crops / 64), rtol=1e-4, atol=1e-4)
 
 
 def test_rerun_skips_and_new_settings_get_a_new_folder(tiny, trained):
@@ -251,9 +274,9 @@ def test_rerun_skips_and_new_settings_get_a_new_folder(tiny, trained):
 
 def test_cli_trains_then_skips(tiny, tmp_path):
     root, work = tiny
-    args = ["pretrain", "--workdir", str(work), "--width", "0.125", "--sizes", "96,80",
-            "--epochs", "1", "--hidden", "32,32", "--windows-per-image", "16", "--device", "cpu",
-            "--quiet"]
+    args = ["pretrain", "--workdir", str(work), "--width", "0.125", "--sizes", "40,32",
+            "--epochs", "1", "--hidden", "32,32", "--batch-size", "16", "--augment", "flip,rot90",
+            "--device", "cpu", "--quiet"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "trunk:" in result.output and "already trained" not in result.output
@@ -273,6 +296,6 @@ def test_cli_without_proposals_is_one_line(tiny, tmp_path):
 
 def test_cli_rejects_bad_options(tiny):
     root, work = tiny
-    for bad in (["--hidden", "64"], ["--sizes", "a,b"], ["--sizes", "8"]):
+    for bad in (["--hidden", "64"], ["--sizes", "a,b"], ["--sizes", "8"], ["--augment", "blur"]):
         result = CliRunner().invoke(cli, ["pretrain", "--workdir", str(work), *bad, "--quiet"])
         assert result.exit_code == 2, (bad, result.output)
