@@ -25,11 +25,14 @@ test: install
 demo: install
 	$(BIN)/python benchmarks/demo.py --workdir $(WORK) --images 400
 
+# Every benchmark from scratch in $(WORK)/bench, then BENCHMARKS.md and benchmarks/speed.png from
+# that run (benchmarks/report.py). One torch thread by default: on shared cores torch's OpenMP
+# threads spin-wait on each other; `make bench BENCH_THREADS=2` on a quiet machine.
+BENCH_THREADS ?= 1
+
 bench: install
-	@set -e; for script in benchmarks/bench_*.py; do \
-	    [ -e "$$script" ] || continue; \
-	    echo "== $$script"; $(BIN)/python "$$script"; \
-	done
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(BIN)/python benchmarks/report.py --workdir $(WORK)/bench --fresh \
+	    --command "make bench BENCH_THREADS=$(BENCH_THREADS)"
 
 clean:
 	rm -rf $(VENV) $(WORK) .pytest_cache build *.egg-info

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
                         split_option, stderr_console, stdout_console, workdir_option)
+from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
 from sppdet.detector import detect_split
 from sppdet.evaluate import METRICS, EvalResult, evaluate, load_ground_truth
@@ -47,10 +48,13 @@ def _table(result: EvalResult, split: str) -> Table:
               help="Also write the summary (metric, iou, split, mAP, per-class ap/npos/ndet) here.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Write one precision-recall curve PNG per class and a summary figure here.")
+@click.option("--bbox-reg/--no-bbox-reg", default=True, show_default=True,
+              help="Refine the scored windows with the trained box regressors (when train-bbox "
+                   "ran); --no-bbox-reg scores them unrefined (the paper's rows without \"bb\").")
 @method_option
 @quiet_option
 def eval_command(workdir, data_root, split, metric, iou_threshold, detections_path, json_path,
-                 plots_dir, method, quiet):
+                 plots_dir, bbox_reg, method, quiet):
     """Score detections on a split with the Pascal VOC devkit's rules.
 
     Prints AP, positives and detections per class, then the mAP. Without --detections, runs the
@@ -67,8 +71,8 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
             annotations = load_ground_truth(root, split, progress=advance)
         if detections_path is None:
             with progress_bar(len(image_ids), "detect", quiet) as advance:
-                detections = detect_split(WorkDir(workdir), split, data_root=data_root, progress=advance,
-                                          method=method)
+                detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg),
+                                          data_root=data_root, progress=advance, method=method)
             folder = WorkDir(workdir).root / ("results" if method == "spp" else f"results-{method}")
             write_devkit_results(folder, split, detections, classes)
             stderr_console.print(f"devkit results files written to {folder}")

@@ -31,7 +31,8 @@ def _parse_hidden(ctx, param, value: str) -> tuple[int, int]:
 @split_option("trainval")
 @click.option("--hidden", default=",".join(map(str, DEFAULTS.hidden)), show_default=True,
               callback=_parse_hidden, help="fc6,fc7 sizes (paper: 4096,4096).")
-@click.option("--epochs", type=click.IntRange(1), default=DEFAULTS.epochs, show_default=True)
+@click.option("--epochs", type=click.IntRange(0), default=DEFAULTS.epochs, show_default=True,
+              help="Passes over the split; 0 keeps the pretrained head as it is (SVMs on its fc7).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
 @click.option("--windows-per-image", type=click.IntRange(1), default=DEFAULTS.windows_per_image,
               show_default=True, help="Windows sampled from each image per pass (25% foreground).")

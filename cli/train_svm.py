@@ -15,6 +15,18 @@ from sppdet.window_source import WindowSource
 DEFAULTS = SvmConfig()
 
 
+def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        levels = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(f"{value!r}: expected pyramid levels >= 1, e.g. 1,2,3,6 or 6")
+    return levels
+
+
 @click.command("train-svm")
 @workdir_option
 @data_option
@@ -24,9 +36,12 @@ DEFAULTS = SvmConfig()
 @click.option("--C", "c", type=click.FloatRange(0, min_open=True), default=DEFAULTS.C, show_default=True,
               help="Hinge-loss weight (paper: 1e-3).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--levels", default=None, metavar="1,2,3,6", callback=_parse_levels,
+              help="Pyramid levels the windows are pooled with (default 1,2,3,6; e.g. 6 alone for "
+                   "the paper's single-level ablation, with --layer pool5); eval and detect follow.")
 @method_option
 @quiet_option
-def train_svm(workdir, data_root, split, layer, c, seed, method, quiet):
+def train_svm(workdir, data_root, split, layer, c, seed, levels, method, quiet):
     """Train one linear SVM per class with R-CNN's hard-negative mining.
 
     Positives are ground-truth boxes, negatives proposals with IoU < 0.3 to every box of the class;
@@ -37,9 +52,9 @@ def train_svm(workdir, data_root, split, layer, c, seed, method, quiet):
     config = SvmConfig(layer=layer, C=c, seed=seed)
     with library_errors():
         work = WorkDir(workdir)
-        images = len(WindowSource(work, split, data_root, method=method).image_ids)
+        images = len(WindowSource(work, split, data_root, levels=levels, method=method).image_ids)
         with progress_bar(2 * images, f"train-svm {split}", quiet) as advance:
-            summary = run_train_svm(work, split, config, data_root, advance, method)
+            summary = run_train_svm(work, split, config, data_root, advance, method, levels)
     if not summary.trained:
         stdout_console.print(f"already trained (cached): {summary.folder}", markup=False)
         return

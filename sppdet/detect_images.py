@@ -229,13 +229,12 @@ class ImageDetector:
                  config: DetectConfig = DEFAULT_CONFIG, device: str = "auto",
                  method: str = DEFAULT_METHOD):
         work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-        require_trained(work, method)
+        levels = tuple(require_trained(work, method).get("levels") or LEVELS)
         self.method = method
         self.propose_config = recorded_propose_config(work)
         if method == DEFAULT_METHOD:
             self.features_folder = features_dir(work)
             self.info = features_info(self.features_folder)
-            levels = LEVELS
         else:
             self.features_folder = rcnn_features_dir(work)
             self.info = rcnn_info(self.features_folder)
@@ -244,6 +243,7 @@ class ImageDetector:
         self.backbone = rebuild_trunk(work, self.features_folder, self.info,
                                       stage_key(EXTRACT_STAGE, method))
         features_hash = work.stage_hash(self.features_folder)
+        self.levels = levels
         self.dim = pooled_dim(self.info.channels, levels)
         self.detector = Detector.from_workdir(
             work, pooled_feature_hash(features_hash, levels, method), self.dim, config, method)
@@ -289,7 +289,7 @@ class ImageDetector:
         maps, factors, computed = self._features(bgr, key, image)
         if not len(proposals):
             return np.zeros((0, self.dim), np.float32), computed
-        return pool_windows(maps, factors, proposals, self.info.stride, self.info.offset, LEVELS,
+        return pool_windows(maps, factors, proposals, self.info.stride, self.info.offset, self.levels,
                             device=self.device).cpu().numpy(), computed
 
     def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:

@@ -11,7 +11,8 @@ one matrix product per model and one batched NMS: no Python loop over windows or
 
 :func:`detect_split` runs the detector over a split from the caches (``sppdet propose`` and
 ``sppdet extract`` on that split first). ``method`` ("spp" or "rcnn", ``sppdet.methods``) picks
-the window features and the models trained on them.
+the window features and the models trained on them; windows are pooled at the pyramid levels the
+SVMs were trained with (their ``train-svm`` record).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def _rank_within_label(labels: np.ndarray) -> np.ndarray:
 def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
                  progress: Progress = no_progress, method: str = DEFAULT_METHOD) -> Detections:
     """The detector trained with ``method`` run over every image of ``split`` from the caches."""
-    require_trained(workdir, method)
-    source = WindowSource(workdir, split, data_root, method=method)
+    levels = require_trained(workdir, method).get("levels")
+    source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config, method)
     per_image = {}
     for image_id in source.image_ids:

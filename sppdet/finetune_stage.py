@@ -9,7 +9,9 @@ and feeds mini-batches of ``batch_size`` windows to SGD. Memory holds one batch,
 Initialisation: the head trained by ``sppdet pretrain`` when its recorded pooled dimension, hidden
 sizes and class count match (the paper starts from ImageNet fc6/fc7), else seeded random.
 Output: ``finetune-<hash>/head.pt``; the hash covers the config, the features, the proposals and
-the initial head, so changing any of them trains a new head. ``method`` ("spp" or "rcnn",
+the initial head, so changing any of them trains a new head. ``epochs = 0`` saves the pretrained
+head untouched (the paper's "fc7" rows: SVMs on fc7 without fine-tuning); it needs one to start
+from. ``method`` ("spp" or "rcnn",
 ``sppdet.methods``) picks the window features and the ``config.json`` record (``finetune`` or
 ``finetune:rcnn``).
 """
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from sppdet.config import FinetuneConfig
-from sppdet.errors import ModelError, WorkdirError
+from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.head import FcHead, iterate_minibatches, label_windows, load_head, sample_windows, save_head, train_head
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
@@ -94,6 +96,10 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
     head_path = folder / HEAD_FILE
     start = time.perf_counter()
     trained = not head_path.is_file()
+    if config.epochs == 0 and init_path is None:
+        raise ConfigError(f"--epochs 0 keeps the head of `sppdet pretrain`, but {workdir.root} has "
+                          f"none for {source.dim}-d features, hidden {tuple(config.hidden)} and "
+                          f"{len(source.classes)} classes; run sppdet pretrain or use --epochs >= 1")
     if trained:
         torch.manual_seed(config.seed)
         head = FcHead(source.dim, config.hidden, len(source.classes), config.dropout)
@@ -102,10 +108,11 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
         history = train_head(head, lambda epoch: window_batches(source, config, epoch, progress),
                              config.epochs, config.lr, config.momentum, config.weight_decay,
                              config.seed, progress)
-        if not history or history[-1].seen == 0:
+        if config.epochs and (not history or history[-1].seen == 0):
             raise WorkdirError(f"{source.dataset.root}: split {split!r} gave no training windows; "
                                "check its annotations and proposals")
-        stats = {"final_loss": history[-1].mean_loss, "final_accuracy": history[-1].accuracy}
+        stats = ({"final_loss": history[-1].mean_loss, "final_accuracy": history[-1].accuracy}
+                 if history else {"final_loss": float("nan"), "final_accuracy": float("nan")})
         save_head(head_path, head, {"feature_hash": source.feature_hash, "classes": list(source.classes),
                                     "config": config, **stats})
     else:

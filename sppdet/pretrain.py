@@ -58,7 +58,7 @@ from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
 from sppdet.head import FcHead, TrainStats
 from sppdet.parallel import Progress, no_progress
-from sppdet.rcnn import CONTEXT, CROP_SIZE, pool_maps, warp_crops
+from sppdet.rcnn import CROP_SIZE, pool_maps, warp_crops
 from sppdet.spp import LEVELS, pooled_dim
 
 MAX_WARMUP_STEPS = 100

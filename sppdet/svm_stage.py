@@ -9,6 +9,9 @@ R-CNN's way on random proposals of random images before mining.
 model's feature hash, so SVMs trained on one head refuse to score another's features.
 Output: ``svm-<hash>/svm.npz``. ``method`` ("spp" or "rcnn", ``sppdet.methods``) picks the window
 features, the fine-tuned head and the ``config.json`` record (``train-svm`` or ``train-svm:rcnn``).
+``levels`` (SPP only; default 1, 2, 3, 6) pools the windows with another pyramid, for the paper's
+pyramid ablation with ``--layer pool5``; the record keeps them, so ``eval`` and ``detect`` pool the
+same way.
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ def layer_transform(workdir: WorkDir, source: WindowSource, layer: str):
 
 def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig = SvmConfig(),
                   data_root=None, progress: Progress = no_progress,
-                  method: str = DEFAULT_METHOD) -> SvmSummary:
-    """Train (or find already trained) the SVMs on ``split`` with ``method``'s window features;
-    record them in ``config.json``. ``progress`` advances once per image of each of the two passes."""
+                  method: str = DEFAULT_METHOD, levels=None) -> SvmSummary:
+    """Train (or find already trained) the SVMs on ``split`` with ``method``'s window features
+    pooled at pyramid ``levels`` (None: the default); record them in ``config.json``.
+    ``progress`` advances once per image of each of the two passes."""
     start = time.perf_counter()
-    source = WindowSource(workdir, split, data_root, method=method)
+    source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     transform, feature_hash = layer_transform(workdir, source, config.layer)
     folder = workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
     path = folder / MODEL_FILE
@@ -87,7 +91,7 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
     workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
                                                     "model": str(path.relative_to(workdir.root)),
                                                     "layer": config.layer, "feature_hash": feature_hash,
-                                                    "config": config})
+                                                    "levels": list(source.levels), "config": config})
     return SvmSummary(folder, bool(reports), reports, time.perf_counter() - start)
 
 

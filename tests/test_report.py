@@ -1,0 +1,197 @@
+"""BENCHMARKS.md's generated text (benchmarks/report_text.py) and the ablation's pure helpers, on
+fixed JSON inputs: the tables hold the given numbers, and every verdict of the reading flips with
+the numbers it is computed from."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import report_text  # noqa: E402
+
+SETTINGS = {"scale_1": 448, "scales_demo": [448, 896], "scales_5": [313, 375, 448, 563, 781], "rcnn_crop": 64,
+            "rcnn_context": 5, "backbone": "--backbone zf5 --width 0.25", "demo_svm_layer": "pool5"}
+ABLATION = {
+    "mAP": {"rcnn": {"pool5": 0.40, "fc7": 0.45, "ftfc7": 0.50, "ftfc7 bb": 0.53},
+            "spp_5": {"pool5": 0.42, "fc7": 0.44, "ftfc7": 0.49, "ftfc7 bb": 0.52},
+            "spp_1": {"pool5": 0.41, "fc7": 0.43, "ftfc7": 0.48, "ftfc7 bb": 0.515},
+            "spp_demo": {"pool5": 0.47, "fc7": 0.44, "ftfc7": 0.46, "ftfc7 bb": 0.47}},
+    "levels": {"1,2,3,6": 0.41, "6": 0.39, "1": 0.30},
+    "recall": {"trainval": {"images": 240, "gt_boxes": 700, "proposals_per_image": 301.4,
+                            "recall": {"50": {"0.5": 0.78, "0.7": 0.65}, "all": {"0.5": 0.97, "0.7": 0.91}}},
+               "test": {"images": 160, "gt_boxes": 470, "proposals_per_image": 340.6,
+                        "recall": {"50": {"0.5": 0.72, "0.7": 0.63}, "all": {"0.5": 0.96, "0.7": 0.93}}}},
+    "settings": SETTINGS, "demo_mAP": 0.49, "demo_mAP_again": 0.49, "matches_demo": True,
+    "commands": [{"command": "sppdet train-svm --layer pool5", "seconds": 4.1}],
+}
+SPEED = {
+    "spp_1": {"conv": 0.09, "pool": 0.08, "fc": 0.05, "svm": 0.001, "total": 0.221, "proposals": 1.1},
+    "spp_5": {"conv": 0.70, "pool": 0.14, "fc": 0.05, "svm": 0.001, "total": 0.891, "proposals": 1.1},
+    "rcnn": {"conv": 20.25, "pool": 0.08, "fc": 0.05, "svm": 0.001, "total": 20.381, "proposals": 1.1},
+    "speedup_conv_1": 225.0, "speedup_total_1": 92.2, "speedup_conv_5": 28.9, "speedup_total_5": 22.9,
+    "settings": {"images": 5, "image_hw_mean": [397.5, 448.5], "proposals": 2000,
+                 "selective_search_boxes_mean": 583.0, "scales_1": [688], "scales_5": [480, 576, 688, 864, 1200],
+                 "rcnn_crop": 224, "rcnn_context": 16, "rcnn_windows_timed": 200, "torch_threads": 1,
+                 "device": "cpu", "model": "trained: work"},
+}
+MEMORY = {"baseline_rss_mb": 400.0, "settings": {"scales": "448"},
+          "rows": [{"stage": "finetune", "images": 100, "peak_rss_mb": 600, "above_startup_mb": 200, "seconds": 9},
+                   {"stage": "finetune", "images": 400, "peak_rss_mb": 610, "above_startup_mb": 210, "seconds": 30},
+                   {"stage": "train-svm", "images": 100, "peak_rss_mb": 700, "above_startup_mb": 300, "seconds": 9},
+                   {"stage": "train-svm", "images": 400, "peak_rss_mb": 1500, "above_startup_mb": 1100,
+                    "seconds": 40}],
+          "cache": {"images": 400, "file_bytes_per_image": 125000.0, "map_bytes_per_image_per_scale": [124000.0],
+                    "map_shape_mean_per_scale": [[64, 28, 31]], "proposals_per_image": 300.0}}
+
+
+def with_map(method: str, column: str, value: float) -> dict:
+    ablation = copy.deepcopy(ABLATION)
+    ablation["mAP"][method][column] = value
+    return ablation
+
+
+def test_md_table_aligns_numbers_right():
+    assert report_text.md_table(["a", "b"], [["x", 1]]) == "| a | b |\n|---|---:|\n| x | 1 |"
+
+
+def test_accuracy_table_rows_in_paper_order_in_percent():
+    lines = report_text.accuracy_table(ABLATION).splitlines()
+    assert lines[0] == "| method | pool5 | fc7 | ftfc7 | ftfc7 bb |"
+    assert lines[2] == "| SPP-net, 1 scale (448) | 41.0 | 43.0 | 48.0 | 51.5 |"
+    assert lines[3] == "| SPP-net, the demo's scales (448,896) | 47.0 | 44.0 | 46.0 | 47.0 |"
+    assert lines[4] == "| SPP-net, 5 scales (313,375,448,563,781) | 42.0 | 44.0 | 49.0 | 52.0 |"
+    assert lines[5] == "| R-CNN (crops 64 px, context 5 px) | 40.0 | 45.0 | 50.0 | 53.0 |"
+    assert "| *paper: SPP-net ZF-5, 1 scale* | *43.0* | – | *54.5* | *58.0* |" in lines
+    assert len(report_text.accuracy_table(ABLATION, with_paper=False).splitlines()) == 6
+
+
+def test_levels_and_recall_tables():
+    levels = report_text.levels_table(ABLATION).splitlines()
+    assert levels[2:] == ["| {1,2,3,6} | 50 | 41.0 |", "| {6} | 36 | 39.0 |", "| {1} | 1 | 30.0 |"]
+    recall = report_text.recall_table(ABLATION)
+    assert "| test | 160 | 470 | all (341 on average) | 0.960 | 0.930 |" in recall
+    assert recall.splitlines()[2] == "| trainval | 240 | 700 | first 50 | 0.780 | 0.650 |"
+    assert recall.index("| trainval | 240 | 700 | all") < recall.index("| test | 160 | 470 | first 50")
+
+
+@pytest.mark.parametrize("rcnn_bb, expected", [
+    (0.530, "SPP-net at 1 scale is 1.5 points below R-CNN with the same trunk (ftfc7 bb: 51.5 vs 53.0; "
+            "paper: 1.2 points below): within 2 points"),
+    (0.540, "is 2.5 points below R-CNN"),
+    (0.515, "is level with R-CNN"),
+    (0.480, "is 3.5 points above R-CNN"),
+])
+def test_spp_against_rcnn_sentence(rcnn_bb, expected):
+    first = report_text.accuracy_reading(with_map("rcnn", "ftfc7 bb", rcnn_bb))[0]
+    assert expected in first
+    if rcnn_bb == 0.540:
+        assert "more than 2 points, so the paper's \"as accurate as R-CNN\" does not hold here" in first
+    if rcnn_bb == 0.480:
+        assert "ahead by more than 2 points" in first
+
+
+def test_demo_scales_are_compared_without_a_paper_figure():
+    demo = report_text.accuracy_reading(ABLATION)[1]
+    assert demo.startswith("SPP-net at the demo's scales is 6.0 points below R-CNN with the same trunk "
+                           "(ftfc7 bb: 47.0 vs 53.0): more than 2 points")
+
+
+def test_scales_sentence_flips():
+    lines = report_text.accuracy_reading(ABLATION)
+    assert "Five scales against one: +0.5 points with ftfc7 bb and +1.0 with pool5 (paper: +1.2 and +1.9); " \
+           "5 scales >= 1 scale, as in the paper." in lines
+    worse = report_text.accuracy_reading(with_map("spp_5", "ftfc7 bb", 0.50))
+    assert any("-1.5 points with ftfc7 bb" in line and "unlike the paper" in line for line in worse)
+
+
+def test_gain_sentences_name_the_methods_that_lose():
+    lines = report_text.accuracy_reading(ABLATION)
+    fine = next(line for line in lines if line.startswith("Fine-tuning"))
+    assert fine.startswith("Fine-tuning (fc7 -> ftfc7): SPP 1 scale +5.0, SPP demo scales +2.0, SPP 5 scales +5.0, "
+                           "R-CNN +5.0 points")
+    assert "(paper, pool5 -> ftfc7: SPP 1 scale +11.5, SPP 5 scales +10.3)" in fine
+    assert fine.endswith("as in the paper.")
+    losing = report_text.accuracy_reading(with_map("rcnn", "ftfc7 bb", 0.49))
+    box = next(line for line in losing if line.startswith("Box regression"))
+    assert "R-CNN -1.0" in box and "it adds nothing for R-CNN, unlike the paper" in box
+
+
+def test_pyramid_sentence_flips():
+    lines = report_text.accuracy_reading(ABLATION)
+    assert any("{6} 39.0 (+2.0)" in line and "beats every single level" in line for line in lines)
+    ablation = copy.deepcopy(ABLATION)
+    ablation["levels"]["6"] = 0.45
+    assert any("does not beat {6}" in line for line in report_text.accuracy_reading(ablation))
+
+
+def test_speed_reading_goals():
+    first, second = report_text.speed_reading(SPEED)
+    assert "225x for conv, 92x in total" in first and "conv >= 100x at 1 scale: met" in first
+    slow = copy.deepcopy(SPEED)
+    slow["speedup_conv_1"], slow["speedup_total_1"] = 80.0, 15.0
+    assert "conv >= 100x at 1 scale: not met; total >= 20x: not met" in report_text.speed_reading(slow)[0]
+    assert "mostly conv (41% of 0.221 s)" in second
+
+
+def test_memory_reading_flat_or_growing():
+    finetune, svm = report_text.memory_reading(MEMORY)
+    assert finetune.endswith("(+10 MB): flat, it streams.")
+    assert svm.endswith("(+800 MB): it grows with the training set.")
+
+
+def test_page_has_every_section_and_no_placeholders():
+    demo = {"seconds": {"synth": 15.0, "eval": 11.0}, "total_seconds": 26.0, "mAP": 0.515, "images": 400}
+    results = {"demo": demo, "speed": SPEED, "ablation": ABLATION, "memory": MEMORY,
+               "spp": {"windows": 2000, "map": [256, 43, 58],
+                       "results": [{"threads": 1, "spp_pool_ms": 268.6, "roi_pool_ms": 741.9, "ratio": 0.362}]},
+               "conv": {"rows": [{"backbone": "zf5", "spp_conv_s": 0.9, "rcnn_conv_s": 160.0, "speedup": 177.8,
+                                  "mac_ratio": 158.0}]},
+               "eval": {"images": 5000, "classes": 20, "per_class": 100, "evaluate_voc07_2_s": [2.6, 2.3]}}
+    machine = {"cpu": "Some CPU", "cores": 2, "memory_gb": 24.0, "system": "Linux", "python": "3.11.7",
+               "packages": {"torch": "2.15.0"}, "threads": "1", "load": [0.5, 1.5]}
+    run = {"date": "2026-11-22", "fresh": True, "command": "make bench", "total_seconds": 1500.0,
+           "figure": "benchmarks/speed.png",
+           "steps": [{"name": "demo", "command": "python benchmarks/demo.py", "seconds": 400.0},
+                     {"name": "ablation", "command": "python benchmarks/ablation.py", "seconds": 600.0,
+                      "beside": "memory"}]}
+    text = report_text.page(results, machine, run)
+    for heading in ("## Machine", "## Commands", "## Speed", "## Accuracy", "## The demo", "## Memory and disk",
+                    "## VOC evaluation speed", "## Reading"):
+        assert heading in text
+    assert "![Seconds per image" in text and "(benchmarks/speed.png)" in text
+    assert "| **total** |  | **1500** |" in text and "|---|---|---:|" in text
+    assert "| ablation (beside memory) | `python benchmarks/ablation.py` | 600 |" in text
+    assert "except those marked \"beside\"" in text
+    run["steps"] = run["steps"][:1]
+    assert "ran these steps one after another:" in report_text.page(results, machine, run)
+    assert "its eval gives 49.0, which equals the demo's mAP (49.0)" in text
+    assert "test mAP 51.5 (VOC07; pool5 SVMs and box regression at scales 448, 896)" in text
+    assert "None" not in text and "nan" not in text
+
+
+def test_ablation_option_helpers():
+    import ablation
+
+    argv = ["extract", "--split", "trainval", "--scales", "448"]
+    assert ablation.with_option(argv, "--scales", "313,448") == [*argv[:-1], "313,448"]
+    assert ablation.with_option(argv, "--method", "rcnn")[-2:] == ["--method", "rcnn"]
+    assert ablation.without_option(argv, "--scales") == ["extract", "--split", "trainval"]
+    assert ablation.option_value(argv, "--split") == "trainval"
+    assert ablation.five_scales(688) == (480, 576, 688, 864, 1200)
+    assert ablation.five_scales(448) == (313, 375, 448, 563, 781)
+
+
+def test_rcnn_crop_follows_the_pretrained_trunk(tmp_path):
+    import ablation
+    from sppdet.store import WorkDir
+
+    work = WorkDir(tmp_path)
+    assert ablation.rcnn_crop(work, None) == (224, 16)
+    work.record_stage("pretrain", {"config": {"sizes": [64, 52], "context": 16}})
+    assert ablation.rcnn_crop(work, None) == (64, 5)
+    assert ablation.rcnn_crop(work, 112) == (112, 8)
