@@ -5,8 +5,9 @@
 
 Each stage runs as an ``sppdet`` command line, exactly as a user would type it, so the demo also
 checks the command line; all of them run in this one process through the click group the console
-script calls (``cli.main.cli``), which saves a ~6 s torch import per command. ``propose`` runs before ``pretrain`` because pretraining needs
-background windows (proposals with IoU < 0.3 to every object). A second run finds every cache and
+script calls (``cli.main.cli``), which saves a ~6 s torch import per command. ``propose`` runs
+before ``pretrain`` because pretraining needs background windows (proposals with IoU < 0.3 to every
+object). A second run finds every cache and
 finishes in seconds. Writes ``<workdir>/demo-times.json`` (seconds per stage, mAP) and prints a
 table; the mAP comes from ``sppdet eval --json``.
 
