@@ -79,16 +79,9 @@ def extract(ctx, split, backbone, width, weights, scales, seed, method, crop_siz
                               shard=shard)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
-    table = Table(title=f"sppdet extract: {split}", show_header=False)
-    table.add_row("backbone", f"{backbone} (width {width}), weights {summary.weights}")
-    table.add_row("scales", ", ".join(str(s) for s in job.config.scales))
-    table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
-    rate = (f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed
-            else "nothing to compute")
-    table.add_row("time", f"{summary.seconds:.1f} s ({rate} on {summary.device})")
-    stdout_console.print(table)
-    stdout_console.print(f"features: {summary.folder} ({summary.cache_bytes / 1e6:.1f} MB)",
-                         soft_wrap=True, markup=False, highlight=False)
+    rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None
+    _report(f"sppdet extract: {split}", summary, f"{backbone} (width {width})",
+            ("scales", ", ".join(str(s) for s in job.config.scales)), rate)
 
 
 def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,
@@ -99,13 +92,18 @@ def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, bat
                                    batch=batch, device=device, data_root=data_root, shard=shard)
         with progress_bar(len(job.image_ids), f"extract {split} (rcnn)", quiet=quiet) as advance:
             summary = run_rcnn_extract(job, progress=advance)
-    table = Table(title=f"sppdet extract --method rcnn: {split}", show_header=False)
-    table.add_row("backbone", f"{backbone} (width {width}), weights {summary.weights}")
-    table.add_row("crops", f"{crop_size} x {crop_size}, context {context} px")
+    rate = f"{summary.windows / summary.seconds:.1f} windows/s" if summary.computed else None
+    _report(f"sppdet extract --method rcnn: {split}", summary, f"{backbone} (width {width})",
+            ("crops", f"{crop_size} x {crop_size}, context {context} px"), rate)
+
+
+def _report(title: str, summary, trunk: str, setting: tuple[str, str], rate: str | None) -> None:
+    """The result table of either extract (SPP or R-CNN summary) and the cache folder line."""
+    table = Table(title=title, show_header=False)
+    table.add_row("backbone", f"{trunk}, weights {summary.weights}")
+    table.add_row(*setting)
     table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
-    rate = (f"{summary.windows / summary.seconds:.1f} windows/s" if summary.computed
-            else "nothing to compute")
-    table.add_row("time", f"{summary.seconds:.1f} s ({rate} on {summary.device})")
+    table.add_row("time", f"{summary.seconds:.1f} s ({rate or 'nothing to compute'} on {summary.device})")
     stdout_console.print(table)
     stdout_console.print(f"features: {summary.folder} ({summary.cache_bytes / 1e6:.1f} MB)",
                          soft_wrap=True, markup=False, highlight=False)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -327,7 +327,7 @@ def crop_accuracy(model: CropClassifier, backbone: Backbone, dataset: VocDataset
     proposals (no extra positives, no augmentation) at crop side ``size``, in eval mode."""
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).eval()
-    plain = PretrainConfig(**{**config.__dict__, "positives_per_object": 0, "augment": ()})
+    plain = replace(config, positives_per_object=0, augment=())
     right, total = np.zeros(2, np.int64), np.zeros(2, np.int64)  # [background, object]
     with torch.inference_mode():
         for crops, labels in crop_batches(dataset, proposals, plain, backbone, config.epochs, size, device):

@@ -27,6 +27,7 @@ from sppdet.finetune_stage import run_finetune
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.store import WorkDir
 from sppdet.svm_stage import run_train_svm
+from scenes import shape_scene
 
 CLASSES = ("disc", "square")
 TINY = dict(backbone="zf5", width=0.125, scales=(96,), device="cpu")
@@ -117,20 +118,7 @@ def test_check_names(tmp_path):
 
 def _scene(rng: np.random.Generator, height: int = 120, width: int = 160):
     """A noisy background with 1-2 filled shapes: (BGR image, boxes [G, 4], names)."""
-    image = rng.normal(110, 25, (height, width, 3)).clip(0, 255).astype(np.uint8)
-    boxes, names = [], []
-    for _ in range(rng.integers(1, 3)):
-        name = CLASSES[rng.integers(len(CLASSES))]
-        size = int(rng.integers(28, 50))
-        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        if name == "square":
-            cv2.rectangle(image, (x, y), (x + size - 1, y + size - 1), colour, cv2.FILLED)
-        else:
-            cv2.circle(image, (x + size // 2, y + size // 2), size // 2, colour, cv2.FILLED)
-        boxes.append([x, y, x + size, y + size])
-        names.append(name)
-    return image, np.array(boxes, np.float32), tuple(names)
+    return shape_scene(rng, CLASSES, height, width, (28, 50))
 
 
 @pytest.fixture(scope="module")

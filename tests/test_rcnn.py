@@ -29,6 +29,7 @@ from sppdet.spp import pooled_dim, spp_pool
 from sppdet.store import WorkDir
 from sppdet.svm_stage import trained_svms
 from sppdet.window_source import WindowSource
+from scenes import shape_scene
 
 # ---------------------------------------------------------------------------------------------
 # the warp, against a slow reference written from R-CNN's appendix A
@@ -195,20 +196,8 @@ CROPS = ["--crop-size", "48", "--context", "6"]
 
 
 def _scene(rng: np.random.Generator, height: int = 96, width: int = 128):
-    image = rng.normal(110, 25, (height, width, 3)).clip(0, 255).astype(np.uint8)
-    boxes, names = [], []
-    for _ in range(rng.integers(1, 3)):
-        name = CLASSES[rng.integers(len(CLASSES))]
-        size = int(rng.integers(26, 44))
-        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        if name == "square":
-            cv2.rectangle(image, (x, y), (x + size - 1, y + size - 1), colour, cv2.FILLED)
-        else:
-            cv2.circle(image, (x + size // 2, y + size // 2), size // 2, colour, cv2.FILLED)
-        boxes.append([x, y, x + size, y + size])
-        names.append(name)
-    return image, np.array(boxes, np.float32), tuple(names)
+    """A noisy background with 1-2 filled shapes: (BGR image, boxes [G, 4], names)."""
+    return shape_scene(rng, CLASSES, height, width, (26, 44))
 
 
 @pytest.fixture(scope="module")
