@@ -62,17 +62,17 @@ from sppdet.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluate import Detections
 from sppdet.extract_stage import STAGE as EXTRACT_STAGE
-from sppdet.extract_stage import FeaturesInfo, features_dir, features_info
+from sppdet.extract_stage import FeaturesInfo
 from sppdet.features import compute_features, load_feature_file, save_feature_file
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.propose_stage import STAGE as PROPOSE_STAGE
 from sppdet.propose_stage import read_valid
 from sppdet.proposals import selective_search
-from sppdet.rcnn_stage import RcnnInfo, cached_rcnn_features, rcnn_features_dir, rcnn_info
+from sppdet.rcnn_stage import RcnnInfo, cached_rcnn_features
 from sppdet.results_io import write_coco_json
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
-from sppdet.window_source import pooled_feature_hash
+from sppdet.window_source import method_features, pooled_feature_hash
 from sppdet.store import WorkDir, atomic_save_npy, file_hash
 
 DEFAULT_SCORE_THRESHOLD = 0.0
@@ -232,12 +232,8 @@ class ImageDetector:
         levels = tuple(require_trained(work, method).get("levels") or LEVELS)
         self.method = method
         self.propose_config = recorded_propose_config(work)
-        if method == DEFAULT_METHOD:
-            self.features_folder = features_dir(work)
-            self.info = features_info(self.features_folder)
-        else:
-            self.features_folder = rcnn_features_dir(work)
-            self.info = rcnn_info(self.features_folder)
+        self.features_folder, self.info = method_features(work, method)
+        if method != DEFAULT_METHOD:
             levels = self.info.config.levels
         self.device = resolve_device(device)
         self.backbone = rebuild_trunk(work, self.features_folder, self.info,

@@ -36,6 +36,16 @@ def pooled_feature_hash(features_hash: str, levels=LEVELS, method: str = DEFAULT
     return f"{prefix}{features_hash}:L{'-'.join(map(str, levels))}"
 
 
+def method_features(workdir: WorkDir, method: str = DEFAULT_METHOD):
+    """(folder, info) of the work directory's window features for ``method``: the conv maps of
+    ``sppdet extract`` (``features_info``) or the R-CNN vectors of ``--method rcnn`` (``rcnn_info``)."""
+    if check_method(method) == DEFAULT_METHOD:
+        folder = features_dir(workdir)
+        return folder, features_info(folder)
+    folder = rcnn_features_dir(workdir)
+    return folder, rcnn_info(folder)
+
+
 class WindowSource:
     """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``.
 
@@ -48,13 +58,10 @@ class WindowSource:
         self.method = check_method(method)
         self.dataset = VocDataset(workdir.data_root(data_root), split, check_images=False)
         self.classes = self.dataset.classes
+        self.features_folder, self.info = method_features(workdir, self.method)
         if self.method == DEFAULT_METHOD:
-            self.features_folder = features_dir(workdir)
-            self.info = features_info(self.features_folder)
             self.levels = tuple(levels or LEVELS)
         else:
-            self.features_folder = rcnn_features_dir(workdir)
-            self.info = rcnn_info(self.features_folder)
             self.levels = self.info.config.levels
             if levels is not None and tuple(levels) != self.levels:
                 raise ConfigError(f"levels {tuple(levels)}: the R-CNN features in {self.features_folder} "
