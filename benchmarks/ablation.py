@@ -7,8 +7,8 @@ Columns (VOC07 11-point mAP on the demo's test split, from ``sppdet eval --json`
     ftfc7      SVMs on fc7 of the fine-tuned head (the demo's ``finetune``, ``train-svm --layer fc7``)
     ftfc7 bb   the same plus box regression (``train-bbox``); the other columns use ``--no-bbox-reg``
 Rows (``--methods``):
-    spp_1      SPP-net at one scale, ``--scale`` (default: the demo's smallest scale, 448)
-    spp_demo   SPP-net at the demo's own scales (448,896), when they are not that one scale
+    spp_1      SPP-net at one scale, ``--scale`` (default 448, the middle of the demo's scales)
+    spp_demo   SPP-net at the demo's own scales (224,320,448,640,896), when they are not that one scale
     spp_5      SPP-net at five scales: the paper's 480:576:688:864:1200 with 688 mapped to ``--scale``
     rcnn       R-CNN (``--method rcnn``, below)
 then pool5 SVMs on the spp_1 features with pyramid levels {1,2,3,6} (the spp_1 pool5 cell), {6}
@@ -35,9 +35,9 @@ paper's R-CNN: windows warped to the network's pretraining input (224) with 16 p
 ``--rcnn-crop`` overrides it. Every proposal is warped, as in the paper; no cap.
 
 Deviations from the paper, stated in the output: a tiny trunk trained from scratch on the demo's
-training split instead of ImageNet ZF-5; the multi-scale scale choice keeps sppdet's target of 224 px
-on a side (``sppdet.spp.TARGET``), not rescaled with the scales, so small demo windows mostly go
-to the largest scales.
+training split instead of ImageNet ZF-5; the multi-scale scale choice uses the features' target,
+96 px on a side for a trunk pretrained on 64 px crops (``sppdet.extract_stage``), not the paper's
+224 px, the side of its ImageNet crops.
 
 Usage: python benchmarks/ablation.py [--workdir sppdet-work] [--images 400] [--json FILE]
                                      [--methods spp_1,spp_demo,spp_5,rcnn] [--scale N] [--rcnn-crop N]
@@ -68,6 +68,7 @@ from sppdet.svm_stage import STAGE as SVM_STAGE
 
 METHODS = report_text.METHODS
 PAPER_SCALES = (480, 576, 688, 864, 1200)
+ONE_SCALE = 448  # px, the spp_1 row's scale and the centre of the spp_5 row's five
 PAPER_SCALE = 688
 LEVEL_ROWS = ((1, 2, 3, 6), (6,), (1,))
 TOP_N = (50, 100, 200, None)  # None: every cached proposal
@@ -218,7 +219,7 @@ def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None,
     run = Runner(work, label or str(work))
     extract = demo_stage("extract trainval", work)
     demo_scales = tuple(int(v) for v in option_value(extract, "--scales").split(","))
-    scale = scale or min(demo_scales)
+    scale = scale or ONE_SCALE
     scales_5 = five_scales(scale)
     crop, context = rcnn_crop(WorkDir(work), crop_override)
     extracts = {

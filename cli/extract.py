@@ -14,7 +14,7 @@ from sppdet.extract_stage import prepare_extract, run_extract
 from sppdet.rcnn import CONTEXT, CROP_SIZE
 from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
 
-SPP_ONLY = ("scales",)
+SPP_ONLY = ("scales", "target")
 RCNN_ONLY = ("crop_size", "context", "batch")
 
 
@@ -36,6 +36,10 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
                    "Default: the trunk saved by `sppdet pretrain`, else none.")
 @click.option("--scales", default="688", show_default=True, callback=_parse_scales,
               help="Shorter-side sizes, comma-separated (paper: 688, or 480,576,688,864,1200).")
+@click.option("--target", type=click.IntRange(min=1), default=None,
+              help="Pool each window at the scale where it is closest to TARGET x TARGET px "
+                   "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
+                   "trunk (96 for its 64 px crops), else 224.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @method_option
 @click.option("--crop-size", type=click.IntRange(min=1), default=CROP_SIZE, show_default=True,
@@ -50,8 +54,8 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 @shard_option
 @quiet_option
 @click.pass_context
-def extract(ctx, split, backbone, width, weights, scales, seed, method, crop_size, context, batch,
-            device, workdir, data_root, shard, quiet):
+def extract(ctx, split, backbone, width, weights, scales, target, seed, method, crop_size, context,
+            batch, device, workdir, data_root, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
     One float16 file per image (every scale) in WORKDIR/features-<hash>; the hash covers the
@@ -76,12 +80,13 @@ def extract(ctx, split, backbone, width, weights, scales, seed, method, crop_siz
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
-                              shard=shard)
+                              shard=shard, target=target)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None
     _report(f"sppdet extract: {split}", summary, f"{backbone} (width {width})",
-            ("scales", ", ".join(str(s) for s in job.config.scales)), rate)
+            ("scales", f"{', '.join(str(s) for s in job.config.scales)} (target {job.config.target} px)"),
+            rate)
 
 
 def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,

@@ -1,14 +1,16 @@
-"""``sppdet finetune``: train fc6/fc7/fc8 on cached pooled features, conv frozen."""
+"""``sppdet finetune``: train fc6/fc7/fc8 on cached pooled features, conv frozen; with
+``--train-conv``, the conv trunk too, end to end (``sppdet.finetune_conv``)."""
 
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
-                        split_option, stdout_console, workdir_option)
+from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
+                        quiet_option, split_option, stdout_console, workdir_option)
 from sppdet.config import FinetuneConfig
-from sppdet.finetune_stage import run_finetune
+from sppdet.finetune_stage import check_config, run_finetune
 from sppdet.store import WorkDir
 from sppdet.window_source import WindowSource
 
@@ -37,28 +39,50 @@ def _parse_hidden(ctx, param, value: str) -> tuple[int, int]:
 @click.option("--windows-per-image", type=click.IntRange(1), default=DEFAULTS.windows_per_image,
               show_default=True, help="Windows sampled from each image per pass (25% foreground).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--train-conv", is_flag=True,
+              help="Also fine-tune the conv trunk through the SPP pooling, on whole images (beyond "
+                   "the paper, as Fast R-CNN), then recompute this split's features with it.")
+@click.option("--images-per-batch", type=click.IntRange(1), default=DEFAULTS.images_per_batch,
+              show_default=True, help="--train-conv: whole images per SGD step (Fast R-CNN: 2).")
 @method_option
+@device_option
 @quiet_option
-def finetune(workdir, data_root, split, hidden, epochs, lr, windows_per_image, seed, method, quiet):
+@click.pass_context
+def finetune(ctx, workdir, data_root, split, hidden, epochs, lr, windows_per_image, seed, train_conv,
+             images_per_batch, method, device, quiet):
     """Train the fc head (fc6, fc7, fc8) on cached SPP features, conv frozen as in the paper.
 
     Windows with IoU >= 0.5 to a ground-truth box are foreground, [0.1, 0.5) background; each
     pass samples windows per image (25% foreground) from the caches. Starts from the head of
     `sppdet pretrain` when its sizes match.
 
+    --train-conv (spp only) trains the trunk of the extracted features with the head, end to end
+    on whole images, saves it in the finetune folder, and recomputes this split's features with
+    it (a new features folder; the old cache is no longer used). Afterwards run
+    `sppdet extract --split test` (and any other split you use): it picks the fine-tuned trunk by
+    default. --device applies to --train-conv only.
+
     Example: sppdet finetune --hidden 512,512 --epochs 6
     """
+    if not train_conv and ctx.get_parameter_source("images_per_batch") != ParameterSource.DEFAULT:
+        raise click.UsageError("--images-per-batch applies to --train-conv only")
     config = FinetuneConfig(hidden=hidden, epochs=epochs, lr=lr, windows_per_image=windows_per_image,
-                            seed=seed)
+                            seed=seed, train_conv=train_conv, images_per_batch=images_per_batch)
     with library_errors():
+        check_config(config, method)
         work = WorkDir(workdir)
         images = len(WindowSource(work, split, data_root, method=method).image_ids)
-        with progress_bar(epochs * images, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
-            summary = run_finetune(work, split, config, data_root, advance, method)
+        steps = (epochs + 1 if train_conv else epochs) * images
+        with progress_bar(steps, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
+            summary = run_finetune(work, split, config, data_root, advance, method, device)
     table = Table(title=f"sppdet finetune: {split}", show_header=False)
     table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {summary.init}")
     table.add_row("trained", f"{summary.epochs} epochs in {summary.seconds:.1f} s" if summary.trained
                   else "already trained (cached)")
     table.add_row("final loss / acc", f"{summary.final_loss:.4f} / {summary.final_accuracy:.3f}")
     table.add_row("folder", str(summary.folder))
+    if summary.trunk is not None:
+        table.add_row("conv", f"fine-tuned: {summary.trunk}")
+        table.add_row("features", f"{summary.features} ({summary.computed} images computed); "
+                      "run `sppdet extract --split test` for other splits")
     stdout_console.print(table)

@@ -28,6 +28,7 @@ class ExtractConfig:
     weights: str = "none"  # hash of the weights file used ("none" = random init from seed)
     scales: tuple[int, ...] = (688,)  # shorter side; paper: 688, or (480, 576, 688, 864, 1200)
     seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)
+    target: int = 224  # px; each window is pooled at the scale where it is closest to target^2 (paper: 224)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class BboxRegConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7)."""
+    """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7); with ``train_conv``,
+    trunk and head end to end on whole images (sppdet.finetune_conv)."""
 
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 (paper: 4096, 4096); = pretrain's, to start from its head
     epochs: int = 6  # passes over the split (the release: ~ 250k iterations on VOC07 trainval)
@@ -78,6 +80,9 @@ class FinetuneConfig:
     fg_iou: float = 0.5  # foreground: IoU >= this with a ground-truth box (paper: 0.5)
     bg_iou_low: float = 0.1  # background: best IoU in [bg_iou_low, fg_iou) (paper: [0.1, 0.5))
     seed: int = 0  # image order, window sampling and initialisation
+    train_conv: bool = False  # also train the conv trunk through spp_pool (paper: frozen; Fast R-CNN: trained)
+    images_per_batch: int = 2  # train_conv: whole images per SGD step, replacing batch_size (Fast R-CNN: 2)
+    conv_lr_mult: float = 0.1  # train_conv: the trunk's lr = lr * this (Fast R-CNN: 1; sppdet.finetune_conv)
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,7 @@ class ImageDetector:
         if not len(proposals):
             return np.zeros((0, self.dim), np.float32), computed
         return pool_windows(maps, factors, proposals, self.info.stride, self.info.offset, self.levels,
-                            device=self.device).cpu().numpy(), computed
+                            target=self.info.config.target, device=self.device).cpu().numpy(), computed
 
     def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
         """Detect in one image file: (its uint8 BGR [H, W, 3], its ``ImageResult`` without an

@@ -1,4 +1,5 @@
-"""The ``finetune`` stage: fc6 -> fc7 -> fc8 trained on cached pooled features, conv frozen.
+"""The ``finetune`` stage: fc6 -> fc7 -> fc8 trained on cached pooled features, conv frozen;
+or, with ``train_conv``, trunk and head trained end to end (``sppdet.finetune_conv``).
 
 SPEC section 7 (see ``sppdet.head`` for the recipe). Windows are streamed from the caches image
 by image (``sppdet.window_source``): each pass visits the split's images in a seeded random
@@ -14,6 +15,22 @@ head untouched (the paper's "fc7" rows: SVMs on fc7 without fine-tuning); it nee
 from. ``method`` ("spp" or "rcnn",
 ``sppdet.methods``) picks the window features and the ``config.json`` record (``finetune`` or
 ``finetune:rcnn``).
+
+``train_conv`` (beyond the paper; spp only, epochs >= 1): the trunk starts from the weights of
+the recorded ``extract`` features (backbone, width, scales and seed from their ``features.json``,
+the weights file from the extract record), the head as above; both train on whole images
+(``sppdet.finetune_conv``). The trained trunk is saved as ``finetune-<hash>/trunk.pt`` (a plain
+state dict, as ``pretrain``'s), then the split's features are recomputed with it by the extract
+stage: the new weights hash gives a new ``features-<hash>`` folder, recorded as the current
+``extract``, so nothing reads the old cache any more. ``head.pt`` names the new features, so
+``train-svm``, ``train-bbox``, ``detect`` and ``eval`` accept it; other splits need
+``sppdet extract --split NAME``, which uses the fine-tuned trunk by default:
+``config.json["stages"]["trunk"]`` records it (``sppdet.extract_stage.resolve_weights``), with the
+features it started from. When the recorded features are the ones a ``train_conv`` run computed,
+a later ``train_conv`` run starts from that run's starting features instead, so re-running a
+command finds its cache (nothing is trained or recomputed) and different settings are compared
+from the same start. ``head.pt`` is written after ``trunk.pt`` and before the recomputation, so
+an interrupted recomputation resumes on the next run.
 """
 
 from __future__ import annotations
@@ -22,19 +39,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from sppdet.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import FinetuneConfig
+from sppdet.data.images import load_bgr
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.head import FcHead, iterate_minibatches, label_windows, load_head, sample_windows, save_head, train_head
+from sppdet.extract_stage import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, features_dir,
+                                  features_info, prepare_extract, run_extract)
+from sppdet.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
+from sppdet.head import FcHead, iterate_minibatches, load_head, save_head, train_head
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
-from sppdet.store import WorkDir, file_hash
-from sppdet.window_source import WindowSource
+from sppdet.store import WorkDir, atomic_path, file_hash
+from sppdet.window_source import WindowSource, pooled_feature_hash
 
 STAGE = "finetune"
 HEAD_FILE = "head.pt"
+TRUNK_FILE = "trunk.pt"
 
 
 @dataclass
@@ -48,6 +70,9 @@ class FinetuneSummary:
     final_loss: float
     final_accuracy: float
     seconds: float
+    trunk: Path | None = None  # train_conv: the fine-tuned trunk.pt
+    features: Path | None = None  # train_conv: the features recomputed with it
+    computed: int = 0  # train_conv: images whose features were computed by this run
 
 
 def _pretrained_head(work: WorkDir, source: WindowSource, config: FinetuneConfig) -> tuple[Path | None, str]:
@@ -68,33 +93,100 @@ def _pretrained_head(work: WorkDir, source: WindowSource, config: FinetuneConfig
 
 def window_batches(source: WindowSource, config: FinetuneConfig, epoch: int, progress: Progress):
     """Mini-batches (pooled [B, D] float32, labels [B] int64) of one pass over the split."""
-    rng = np.random.default_rng((config.seed, epoch))
 
     def per_image():
-        for image_id in rng.permutation(source.image_ids):
-            gt_boxes, gt_labels, _ = source.ground_truth(image_id)
-            known = gt_labels > 0
-            boxes = np.concatenate([gt_boxes[known], source.proposals(image_id)])
-            labels = label_windows(boxes, gt_boxes[known], gt_labels[known], config.fg_iou,
-                                   (config.bg_iou_low, config.fg_iou))
-            chosen = sample_windows(labels, config.windows_per_image, config.fg_fraction, rng)
+        for image_id, boxes, labels in sampled_windows(source, config, epoch):
             progress(1)
-            if len(chosen):
-                yield source.pool(image_id, boxes[chosen]), labels[chosen]
+            if len(labels):
+                yield source.pool(image_id, boxes), labels
 
     return iterate_minibatches(per_image(), config.batch_size)
 
 
+def check_config(config: FinetuneConfig, method: str = DEFAULT_METHOD) -> None:
+    """``ConfigError`` for ``train_conv`` settings that cannot run (rcnn, no epochs, ...)."""
+    if not config.train_conv:
+        return
+    if method != DEFAULT_METHOD:
+        raise ConfigError(f"--train-conv with --method {method}: not supported (R-CNN runs the trunk "
+                          "on every window's crop); drop one of the two")
+    if config.epochs < 1 or config.images_per_batch < 1 or not config.conv_lr_mult >= 0:
+        raise ConfigError(f"--train-conv needs --epochs >= 1 (got {config.epochs}), images per "
+                          f"batch >= 1 (got {config.images_per_batch}) and a conv lr multiplier >= 0")
+
+
+def _conv_start(work: WorkDir) -> tuple[Path, str]:
+    """The features folder ``train_conv`` starts from and its trunk's weights source (module
+    docstring): the recorded extract features, or the start of the train_conv run that made them."""
+    stages = work.config().get("stages", {})
+    current, tuned = features_dir(work), stages.get(TRUNK_RECORD, {})
+    base = tuned.get("base_features")
+    if tuned.get("features") == current.name and base and (work.root / base).is_dir():
+        return work.root / base, tuned.get("base_weights_source", "")
+    return current, stages.get(EXTRACT_STAGE, {}).get("weights_source", "")
+
+
+def _start_trunk(folder: Path, weights_source: str) -> Backbone:
+    """The trunk that computed the features in ``folder``; ``ModelError`` if its weights file is
+    gone or changed."""
+    config = features_info(folder).config
+    weights = "none"
+    if config.weights != "none":
+        if not weights_source or not Path(weights_source).is_file():
+            raise ModelError(f"{weights_source or folder}: the trunk weights of the features {folder.name} "
+                             "are missing; restore the file, or re-run sppdet extract")
+        weights = weights_source
+    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    if net.weights_id != config.weights:
+        raise ModelError(f"{weights}: weights {net.weights_id}, but the features {folder.name} were "
+                         f"computed with {config.weights}; restore the file, or re-run sppdet extract")
+    return net
+
+
+def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source: str,
+                config: FinetuneConfig, trunk_path: Path, device: torch.device, progress: Progress):
+    """Train trunk and head end to end, save the plain trunk to ``trunk_path``; the history."""
+    backbone = _start_trunk(start, weights_source)
+
+    def images(epoch):
+        for image_id, boxes, labels in sampled_windows(source, config, epoch):
+            bgr = load_bgr(source.dataset.image_path(image_id)) if len(labels) else None
+            yield TrainingImage(bgr, boxes, labels)
+
+    features = features_info(start).config
+    state, history = train_end_to_end(backbone, head, images, features.scales, config, device,
+                                      source.levels, progress, target=features.target)
+    with atomic_path(trunk_path) as tmp:
+        torch.save(state, tmp)
+    return history
+
+
+def _recompute_job(workdir: WorkDir, start: Path, trunk_path: Path, split: str, data_root,
+                   device: str) -> ExtractJob:
+    """The extract job recomputing ``split``'s features with the fine-tuned trunk, with the
+    backbone, width, scales, seed and scale-choice target of the features training started from."""
+    config = features_info(start).config
+    return prepare_extract(workdir.root, split, config.backbone, config.width, trunk_path,
+                           config.scales, config.seed, device, data_root, target=config.target)
+
+
 def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConfig = FinetuneConfig(),
                  data_root=None, progress: Progress = no_progress,
-                 method: str = DEFAULT_METHOD) -> FinetuneSummary:
+                 method: str = DEFAULT_METHOD, device: str = "auto") -> FinetuneSummary:
     """Train (or find already trained) the fc head on ``split`` with ``method``'s window features;
-    record it in ``config.json``."""
+    record it in ``config.json``. With ``config.train_conv`` (module docstring) also the trunk on
+    ``device``, then recompute the split's features with it; ``progress(1)`` is then called
+    ``epochs + 1`` times per image (training, then the recomputation), else ``epochs`` times."""
+    check_config(config, method)
     source = WindowSource(workdir, split, data_root, method=method)
+    start, weights_source = _conv_start(workdir) if config.train_conv else (None, "")
+    feature_hash = (pooled_feature_hash(workdir.stage_hash(start), source.levels) if start
+                    else source.feature_hash)
     init_path, init_id = _pretrained_head(workdir, source, config)
-    folder = workdir.stage_dir(STAGE, config, inputs={**source.inputs, "init": init_id})
-    head_path = folder / HEAD_FILE
-    start = time.perf_counter()
+    folder = workdir.stage_dir(STAGE, config, inputs={**source.inputs, "features": feature_hash,
+                                                      "init": init_id})
+    head_path, trunk_path = folder / HEAD_FILE, folder / TRUNK_FILE
+    began = time.perf_counter()
     trained = not head_path.is_file()
     if config.epochs == 0 and init_path is None:
         raise ConfigError(f"--epochs 0 keeps the head of `sppdet pretrain`, but {workdir.root} has "
@@ -105,24 +197,44 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
         head = FcHead(source.dim, config.hidden, len(source.classes), config.dropout)
         if init_path is not None:
             head.load_state_dict(load_head(init_path)[0].state_dict())
-        history = train_head(head, lambda epoch: window_batches(source, config, epoch, progress),
-                             config.epochs, config.lr, config.momentum, config.weight_decay,
-                             config.seed, progress)
+        if config.train_conv:
+            history = _train_conv(source, head, start, weights_source, config, trunk_path,
+                                  resolve_device(device), progress)
+        else:
+            history = train_head(head, lambda epoch: window_batches(source, config, epoch, progress),
+                                 config.epochs, config.lr, config.momentum, config.weight_decay,
+                                 config.seed, progress)
         if config.epochs and (not history or history[-1].seen == 0):
             raise WorkdirError(f"{source.dataset.root}: split {split!r} gave no training windows; "
                                "check its annotations and proposals")
-        stats = ({"final_loss": history[-1].mean_loss, "final_accuracy": history[-1].accuracy}
-                 if history else {"final_loss": float("nan"), "final_accuracy": float("nan")})
-        save_head(head_path, head, {"feature_hash": source.feature_hash, "classes": list(source.classes),
-                                    "config": config, **stats})
     else:
         progress(config.epochs * len(source.image_ids))
+    job = _recompute_job(workdir, start, trunk_path, split, data_root, device) if config.train_conv else None
+    if trained:
+        stats = ({"final_loss": history[-1].mean_loss, "final_accuracy": history[-1].accuracy}
+                 if history else {"final_loss": float("nan"), "final_accuracy": float("nan")})
+        trained_on = (pooled_feature_hash(workdir.stage_hash(job.folder), source.levels) if job
+                      else source.feature_hash)
+        save_head(head_path, head, {"feature_hash": trained_on, "classes": list(source.classes),
+                                    "config": config, **stats})
+    record = {"folder": folder.name, "head": str(head_path.relative_to(workdir.root)),
+              "split": split, "config": config}
+    computed = 0
+    if job is not None:
+        computed = run_extract(job, progress).computed
+        weights = str(trunk_path.relative_to(workdir.root))
+        record.update(weights=weights, features=job.folder.name)
+        stages = workdir.config().get("stages", {})
+        workdir.record_stage(TRUNK_RECORD, {
+            "weights": weights, "backbone": job.config.backbone, "width": job.config.width,
+            "folder": folder.name, "features": job.folder.name, "base_features": start.name,
+            "base_weights_source": weights_source,
+            "after_pretrain": stages.get("pretrain", {}).get("weights")})
     _, meta = load_head(head_path)
-    workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
-                                                    "head": str(head_path.relative_to(workdir.root)),
-                                 "split": split, "config": config})
+    workdir.record_stage(stage_key(STAGE, method), record)
     return FinetuneSummary(folder, trained, "pretrain" if init_path else "random", config.epochs,
-                           meta["final_loss"], meta["final_accuracy"], time.perf_counter() - start)
+                           meta["final_loss"], meta["final_accuracy"], time.perf_counter() - began,
+                           trunk_path if job else None, job.folder if job else None, computed)
 
 
 def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int,

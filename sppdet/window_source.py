@@ -106,7 +106,7 @@ class WindowSource:
             return lookup_pooled(self.features_folder, image_id, boxes, self.dim)
         cached = load_features(self.features_folder, image_id)
         pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
-                              self.info.offset, levels=self.levels)
+                              self.info.offset, levels=self.levels, target=self.info.config.target)
         return pooled.numpy()
 
 

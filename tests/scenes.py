@@ -1,9 +1,14 @@
-"""Tiny two-class scenes shared by tests that train a detector end to end (test_detect, test_rcnn)."""
+"""Tiny two-class scenes shared by tests that train a detector end to end (test_detect, test_rcnn,
+test_finetune_conv)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from sppdet.data.voc import Annotation, write_annotation
 
 
 def shape_scene(rng: np.random.Generator, classes: tuple[str, str], height: int, width: int,
@@ -25,3 +30,18 @@ def shape_scene(rng: np.random.Generator, classes: tuple[str, str], height: int,
         boxes.append([x, y, x + size, y + size])
         names.append(name)
     return image, np.array(boxes, np.float32), tuple(names)
+
+
+def write_scene_dataset(root: Path, classes: tuple[str, str], count: int, rng: np.random.Generator,
+                        height: int, width: int, sizes: tuple[int, int]) -> list[str]:
+    """Write ``count`` :func:`shape_scene` images (PNG) and their VOC annotations under ``root``
+    (no split files); returns their ids "000", "001", ..."""
+    ids = [f"{i:03d}" for i in range(count)]
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        image, boxes, names = shape_scene(rng, classes, height, width, sizes)
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
+        write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
+            image_id=image_id, width=width, height=height, boxes=boxes, names=names,
+            difficult=np.zeros(len(names), bool), filename=f"{image_id}.png"))
+    return ids

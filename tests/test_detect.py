@@ -16,7 +16,7 @@ from cli.detect import detect
 from sppdet.backbones import build_backbone
 from sppdet.bbox_stage import run_train_bbox
 from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
-from sppdet.data.voc import Annotation, write_annotation, write_split
+from sppdet.data.voc import write_split
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
                                   expand_inputs, rebuild_trunk)
 from sppdet.detector import detect_split
@@ -27,7 +27,7 @@ from sppdet.finetune_stage import run_finetune
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.store import WorkDir
 from sppdet.svm_stage import run_train_svm
-from scenes import shape_scene
+from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")
 TINY = dict(backbone="zf5", width=0.125, scales=(96,), device="cpu")
@@ -127,14 +127,7 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("detect")
     root, work = base / "voc", base / "work"
     rng = np.random.default_rng(0)
-    ids = [f"{i:03d}" for i in range(8)]
-    for image_id in ids:
-        image, boxes, names = _scene(rng)
-        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
-        write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
-            image_id=image_id, width=160, height=120, boxes=boxes, names=names,
-            difficult=np.zeros(len(names), bool), filename=f"{image_id}.png"))
+    ids = write_scene_dataset(root, CLASSES, 8, rng, 120, 160, (28, 50))
     write_split(root, "trainval", ids)
     run_propose(prepare_propose(work, ProposeConfig(max_proposals=300), "trainval", root), workers=1)
     run_extract(prepare_extract(work, split="trainval", **TINY))

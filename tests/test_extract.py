@@ -18,7 +18,8 @@ from sppdet.backbones import build_backbone
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.extract_stage import (feature_path, features_dir, features_info, load_features,
-                                  prepare_extract, resolve_weights, run_extract)
+                                  prepare_extract, resolve_target, resolve_weights,
+                                  run_extract)
 from sppdet.features import compute_features, load_feature_file, resize_to_scale, save_feature_file
 from sppdet.store import WorkDir, file_hash
 
@@ -179,6 +180,23 @@ def test_default_weights_are_the_recorded_pretrained_trunk(tmp_path, voc):
     assert job.config.weights == file_hash(trunk)
     recorded = json.loads(work.config_path.read_text())["stages"]["extract"]
     assert recorded["folder"] == job.folder.name and recorded["weights_source"] == str(trunk)
+
+
+def test_scale_choice_target_follows_the_pretraining_crops(tmp_path, voc):
+    work = WorkDir(tmp_path / "work")
+    assert resolve_target(work, "none", None) == 224 and resolve_target(work, "none", 80) == 80
+    with pytest.raises(ConfigError, match="--target"):
+        resolve_target(work, "none", 0)
+    trunk = tmp_path / "work" / "pretrain" / "trunk.pt"
+    trunk.parent.mkdir(parents=True)
+    torch.save(build_backbone("zf5", 0.125, seed=7).trunk.state_dict(), trunk)
+    work.record_stage("pretrain", {"weights": "pretrain/trunk.pt", "backbone": "zf5", "width": 0.125,
+                                   "config": {"sizes": [64, 52]}})
+    assert resolve_target(work, str(trunk), None) == 96  # 1.5 x the largest crop side
+    assert resolve_target(work, str(tmp_path / "other.pt"), None) == 224
+    job, _ = _extract(tmp_path, voc)
+    assert job.config.target == 96 and features_info(job.folder).config.target == 96
+    assert _extract(tmp_path, voc, target=224)[0].folder != job.folder
 
 
 def test_badly_scaled_weights_are_reported(tmp_path, voc):

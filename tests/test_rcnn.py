@@ -17,7 +17,7 @@ from cli.main import cli
 from sppdet.backbones import build_backbone
 from sppdet.bbox_stage import trained_regressors
 from sppdet.config import DetectConfig
-from sppdet.data.voc import Annotation, write_annotation, write_split
+from sppdet.data.voc import write_split
 from sppdet.detect_images import ImageDetector, detect_files
 from sppdet.detector import Detector, detect_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
@@ -29,7 +29,7 @@ from sppdet.spp import pooled_dim, spp_pool
 from sppdet.store import WorkDir
 from sppdet.svm_stage import trained_svms
 from sppdet.window_source import WindowSource
-from scenes import shape_scene
+from scenes import shape_scene, write_scene_dataset
 
 # ---------------------------------------------------------------------------------------------
 # the warp, against a slow reference written from R-CNN's appendix A
@@ -205,14 +205,7 @@ def chain(tmp_path_factory):
     base = tmp_path_factory.mktemp("rcnn")
     root, work = base / "voc", base / "work"
     rng = np.random.default_rng(0)
-    ids = [f"{i:03d}" for i in range(8)]
-    (root / "JPEGImages").mkdir(parents=True)
-    for image_id in ids:
-        image, boxes, names = _scene(rng)
-        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
-        write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
-            image_id=image_id, width=128, height=96, boxes=boxes, names=names,
-            difficult=np.zeros(len(names), bool), filename=f"{image_id}.png"))
+    ids = write_scene_dataset(root, CLASSES, 8, rng, 96, 128, (26, 44))
     write_split(root, "trainval", ids)
     runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
 
