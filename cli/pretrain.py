@@ -67,7 +67,7 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
     WORKDIR/pretrain-<hash>/trunk.pt, which `sppdet extract` then uses by default (same
     --backbone/--width); the same settings again reuse it.
 
-    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 12 --sizes 64,52
+    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 16 --sizes 64,52
     """
     if len(hidden) != 2:
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")
