@@ -8,6 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from click.testing import CliRunner
+
+from cli.main import cli
 from sppdet.data.voc import Annotation, write_annotation
 
 
@@ -45,3 +48,16 @@ def write_scene_dataset(root: Path, classes: tuple[str, str], count: int, rng: n
             image_id=image_id, width=width, height=height, boxes=boxes, names=names,
             difficult=np.zeros(len(names), bool), filename=f"{image_id}.png"))
     return ids
+
+
+def cli_runner(work: Path):
+    """``sppdet(*args, code=0)``: run ``sppdet ARGS --quiet`` in-process on work directory ``work``,
+    assert its exit code is ``code`` (showing the output otherwise) and return the click result."""
+    runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
+
+    def sppdet(*args, code=0):
+        result = runner.invoke(cli, [*args, "--quiet"], catch_exceptions=False)
+        assert result.exit_code == code, f"sppdet {' '.join(args)}:\n{result.output}"
+        return result
+
+    return sppdet

@@ -8,9 +8,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cli.main import cli
+from scenes import cli_runner
 from sppdet.store import WorkDir
 from sppdet.svm import SvmModel
 
@@ -21,12 +20,7 @@ TINY = ["--width", "0.125"]
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation-cli")
     work, data = root / "work", root / "data"
-    runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
-
-    def sppdet(*args, code=0):
-        result = runner.invoke(cli, [*args, "--quiet"], catch_exceptions=False)
-        assert result.exit_code == code, f"sppdet {' '.join(args)}:\n{result.output}"
-        return result
+    sppdet = cli_runner(work)
 
     sppdet("synth", str(data), "--images", "16", "--seed", "5")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--max-side", "160", "--workers", "1")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from cli.main import cli
+from scenes import cli_runner
 
 TINY = ["--width", "0.125"]
 SCALE = ["--scales", "160"]
@@ -21,12 +20,7 @@ SCALE = ["--scales", "160"]
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     work, data = root / "work", root / "data"
-    runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
-
-    def sppdet(*args):
-        result = runner.invoke(cli, [*args, "--quiet"], catch_exceptions=False)
-        assert result.exit_code == 0, f"sppdet {' '.join(args)}:\n{result.output}"
-        return result
+    sppdet = cli_runner(work)
 
     sppdet("synth", str(data), "--images", "24", "--seed", "3")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--max-side", "200", "--workers", "1")
