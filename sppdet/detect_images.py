@@ -54,7 +54,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sppdet.backbones import Backbone, build_backbone, resolve_device
+from sppdet.backbones import Backbone, resolve_device
 from sppdet.config import DetectConfig, ProposeConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
 from sppdet.detector import Detector, require_trained
@@ -62,7 +62,7 @@ from sppdet.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluate import Detections
 from sppdet.extract_stage import STAGE as EXTRACT_STAGE
-from sppdet.extract_stage import FeaturesInfo
+from sppdet.extract_stage import FeaturesInfo, feature_trunk
 from sppdet.features import compute_features, load_feature_file, save_feature_file
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
@@ -197,25 +197,12 @@ def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
 def rebuild_trunk(workdir: WorkDir, folder: Path, info: FeaturesInfo | RcnnInfo,
                   stage: str = EXTRACT_STAGE) -> Backbone:
     """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
-    ``rcnn_info`` with ``stage = "extract:rcnn"``), rebuilt from the ``stage`` record. ``ModelError``
-    if its weights file is gone or no longer hashes to the id the features were computed with."""
-    config = info.config
-    weights = "none"
-    if config.weights != "none":
-        record = workdir.config().get("stages", {}).get(stage) or {}
-        source = record.get("weights_source") if record.get("folder") == folder.name else None
-        if not source or not Path(source).is_file():
-            raise ModelError(f"{source or folder}: the trunk weights of the features {folder.name} "
-                             "are missing; restore the file, or re-run sppdet extract, finetune, "
-                             "train-svm and train-bbox")
-        weights = source
-    net = build_backbone(config.backbone, config.width, weights, config.seed)
-    built = (net.weights_id, net.channels, net.stride, net.offset)
-    if built != (config.weights, info.channels, info.stride, info.offset):
-        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
-                         f"is not the one that computed {folder} (weights {config.weights}); restore "
-                         "the weights file, or re-run sppdet extract, finetune, train-svm and train-bbox")
-    return net
+    ``rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of the ``stage`` record
+    (:func:`sppdet.extract_stage.feature_trunk` checks it)."""
+    record = workdir.config().get("stages", {}).get(stage) or {}
+    source = record.get("weights_source") if record.get("folder") == folder.name else None
+    return feature_trunk(folder, info, source,
+                         "re-run sppdet extract, finetune, train-svm and train-bbox")
 
 
 class ImageDetector:

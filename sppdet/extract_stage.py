@@ -101,20 +101,25 @@ class ExtractSummary:
     device: str
 
 
+def _our_trunks(workdir: WorkDir) -> list[dict]:
+    """Records of the trunks sppdet trained in ``workdir``, newest first: the ``finetune
+    --train-conv`` trunk if it was fine-tuned from the current pretrained one, then the pretrained
+    trunk (each with ``weights``, a path relative to the work directory; possibly none)."""
+    stages = workdir.config().get("stages", {})
+    pretrain, tuned = stages.get("pretrain", {}), stages.get(TRUNK_RECORD, {})
+    current = [tuned] if tuned.get("after_pretrain") == pretrain.get("weights") else []
+    return [record for record in [*current, pretrain] if record.get("weights")]
+
+
 def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
                     width: float) -> str:
     """``weights`` if given; else the fine-tuned, then the pretrained trunk recorded for this
     backbone and width (see the module docstring); else ``"none"``."""
     if weights is not None:
         return str(weights)
-    stages = workdir.config().get("stages", {})
-    pretrain, tuned = stages.get("pretrain", {}), stages.get(TRUNK_RECORD, {})
-    current = [tuned] if tuned.get("after_pretrain") == pretrain.get("weights") else []
-    for record in [*current, pretrain]:
-        path = record.get("weights")
-        if path and (record.get("backbone", backbone) == backbone
-                     and float(record.get("width", width)) == width):
-            return str(workdir.root / path)  # an absolute recorded path stays as it is
+    for record in _our_trunks(workdir):
+        if record.get("backbone", backbone) == backbone and float(record.get("width", width)) == width:
+            return str(workdir.root / record["weights"])  # an absolute recorded path stays as it is
     return "none"
 
 
@@ -126,14 +131,32 @@ def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
         if int(target) < 1:
             raise ConfigError(f"--target {target}: must be a positive number of pixels")
         return int(target)
-    stages = workdir.config().get("stages", {})
-    pretrain = stages.get("pretrain", {})
-    ours = {(workdir.root / record["weights"]).resolve()
-            for record in (pretrain, stages.get(TRUNK_RECORD, {})) if record.get("weights")}
-    sizes = pretrain.get("config", {}).get("sizes")
+    ours = {(workdir.root / record["weights"]).resolve() for record in _our_trunks(workdir)}
+    sizes = workdir.config().get("stages", {}).get("pretrain", {}).get("config", {}).get("sizes")
     if Path(weights).resolve() in ours and sizes:
         return int(round(TARGET_PER_CROP_SIDE * max(sizes)))
     return TARGET
+
+
+def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info``: its ``features_info``, or
+    the R-CNN cache's ``rcnn_info``), built from ``weights_source`` (a weights file; unused when
+    the features came from a random trunk). ``ModelError`` ending in ``remedy`` if the file is
+    gone or the built trunk is not the one recorded (weights hash, channels, stride, offset)."""
+    config = info.config
+    weights = "none"
+    if config.weights != "none":
+        if not weights_source or not Path(weights_source).is_file():
+            raise ModelError(f"{weights_source or folder}: the trunk weights of the features "
+                             f"{folder.name} are missing; restore the file, or {remedy}")
+        weights = weights_source
+    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    if (net.weights_id, net.channels, net.stride, net.offset) != (config.weights, info.channels,
+                                                                   info.stride, info.offset):
+        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
+                         f"is not the one that computed {folder} (weights {config.weights}); "
+                         f"restore the weights file, or {remedy}")
+    return net
 
 
 def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:

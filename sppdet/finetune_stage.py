@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from sppdet.backbones import Backbone, build_backbone, resolve_device
+from sppdet.backbones import resolve_device
 from sppdet.config import FinetuneConfig
 from sppdet.data.images import load_bgr
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.extract_stage import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, features_dir,
+from sppdet.extract_stage import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, feature_trunk, features_dir,
                                   features_info, prepare_extract, run_extract)
 from sppdet.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.head import FcHead, iterate_minibatches, load_head, save_head, train_head
@@ -126,27 +126,10 @@ def _conv_start(work: WorkDir) -> tuple[Path, str]:
     return current, stages.get(EXTRACT_STAGE, {}).get("weights_source", "")
 
 
-def _start_trunk(folder: Path, weights_source: str) -> Backbone:
-    """The trunk that computed the features in ``folder``; ``ModelError`` if its weights file is
-    gone or changed."""
-    config = features_info(folder).config
-    weights = "none"
-    if config.weights != "none":
-        if not weights_source or not Path(weights_source).is_file():
-            raise ModelError(f"{weights_source or folder}: the trunk weights of the features {folder.name} "
-                             "are missing; restore the file, or re-run sppdet extract")
-        weights = weights_source
-    net = build_backbone(config.backbone, config.width, weights, config.seed)
-    if net.weights_id != config.weights:
-        raise ModelError(f"{weights}: weights {net.weights_id}, but the features {folder.name} were "
-                         f"computed with {config.weights}; restore the file, or re-run sppdet extract")
-    return net
-
-
 def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source: str,
                 config: FinetuneConfig, trunk_path: Path, device: torch.device, progress: Progress):
     """Train trunk and head end to end, save the plain trunk to ``trunk_path``; the history."""
-    backbone = _start_trunk(start, weights_source)
+    backbone = feature_trunk(start, features_info(start), weights_source, "re-run sppdet extract")
 
     def images(epoch):
         for image_id, boxes, labels in sampled_windows(source, config, epoch):
