@@ -98,7 +98,9 @@ class Backbone:
         pixels = bgr[..., ::-1] if self.preprocessing.channel_order == "RGB" else bgr
         mean = np.asarray(self.preprocessing.mean, dtype=np.float32)
         scale = 1.0 / np.asarray(self.preprocessing.std, dtype=np.float32)
-        hwc = (pixels.astype(np.float32) - mean) * scale
+        hwc = np.subtract(pixels, mean, dtype=np.float32)
+        if (scale != 1).any():
+            hwc *= scale
         return torch.from_numpy(hwc).permute(2, 0, 1).to(device)
 
 

@@ -204,18 +204,22 @@ def pretrain_windows(gt_boxes: np.ndarray, gt_labels: np.ndarray, gt_difficult: 
 
 def augment_crops(crops: torch.Tensor, augment: Sequence[str], rng: np.random.Generator) -> torch.Tensor:
     """Crops ``[B, 3, S, S]`` with each of ``augment`` applied to a random part: "flip" mirrors
-    left-right (p = 1/2), "rot90" turns by 0-3 quarter turns, "channels" permutes the colour channels."""
+    left-right (p = 1/2), "rot90" turns by 0-3 quarter turns, "channels" permutes the colour channels.
+    A new tensor; each transform touches only the crops it changes (one indexed copy per flip or
+    number of turns, not a stack of every turned version)."""
+    out = crops.clone()
     if "flip" in augment:
-        flip = torch.from_numpy(rng.random(len(crops)) < 0.5)
-        crops = torch.where(flip[:, None, None, None], crops.flip(3), crops)
+        flipped = torch.from_numpy(np.flatnonzero(rng.random(len(out)) < 0.5)).to(out.device)
+        out[flipped] = out[flipped].flip(3)
     if "rot90" in augment:
-        turns = torch.from_numpy(rng.integers(0, 4, len(crops)))
-        crops = torch.stack([crops, crops.rot90(1, (2, 3)), crops.rot90(2, (2, 3)), crops.rot90(3, (2, 3))]
-                            )[turns, torch.arange(len(crops))]
+        turns = rng.integers(0, 4, len(out))
+        for quarter in (1, 2, 3):
+            turned = torch.from_numpy(np.flatnonzero(turns == quarter)).to(out.device)
+            out[turned] = out[turned].rot90(quarter, (2, 3))
     if "channels" in augment:
-        order = torch.from_numpy(np.argsort(rng.random((len(crops), 3)), axis=1))
-        crops = torch.gather(crops, 1, order[:, :, None, None].expand_as(crops))
-    return crops
+        order = torch.from_numpy(np.argsort(rng.random((len(out), 3)), axis=1)).to(out.device)
+        out = torch.gather(out, 1, order[:, :, None, None].expand_as(out))
+    return out
 
 
 def crop_batches(dataset: VocDataset, proposals: ProposalSource, config: PretrainConfig,
