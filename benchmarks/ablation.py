@@ -7,8 +7,8 @@ Columns (VOC07 11-point mAP on the demo's test split, from ``sppdet eval --json`
     ftfc7      SVMs on fc7 of the fine-tuned head (the demo's ``finetune``, ``train-svm --layer fc7``)
     ftfc7 bb   the same plus box regression (``train-bbox``); the other columns use ``--no-bbox-reg``
 Rows (``--methods``):
-    spp_1      SPP-net at one scale, ``--scale`` (default 448, the middle of the demo's scales)
-    spp_demo   SPP-net at the demo's own scales (224,320,448,640,896), when they are not that one scale
+    spp_1      SPP-net at one scale, ``--scale`` (default 448, within the demo's scales)
+    spp_demo   SPP-net at the demo's own scales (272,384,544,768,1088), when they are not that one scale
     spp_5      SPP-net at five scales: the paper's 480:576:688:864:1200 with 688 mapped to ``--scale``
     rcnn       R-CNN (``--method rcnn``, below)
 then pool5 SVMs on the spp_1 features with pyramid levels {1,2,3,6} (the spp_1 pool5 cell), {6}
