@@ -9,6 +9,7 @@ from cli.common import (data_option, device_option, library_errors, progress_bar
                         split_option, stdout_console, workdir_option)
 from sppdet.backbones import BACKBONES
 from sppdet.config import PretrainConfig
+from sppdet.pretrain import WINDOW_SOURCES
 from sppdet.pretrain_stage import prepare_pretrain, run_pretrain
 
 DEFAULTS = PretrainConfig()
@@ -50,29 +51,38 @@ def _join(values) -> str:
                    "shapes), not for VOC.")
 @click.option("--hidden", default=_join(DEFAULTS.hidden), show_default=True, callback=_parse_ints,
               help="fc6,fc7 sizes of the classifier head (paper: 4096,4096).")
+@click.option("--windows", type=click.Choice(WINDOW_SOURCES), default=DEFAULTS.windows,
+              show_default=True,
+              help="Candidate windows: the proposals of `sppdet propose`, or random boxes plus "
+                   "jittered ground truth (no proposals needed: pretrain on a separate dataset "
+                   "given with --data, as the paper pretrains on ImageNet).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
               help="Seed of the init, window sampling, flips and image order.")
 @device_option
 @workdir_option
 @data_option
 @quiet_option
-def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hidden, seed, device,
-             workdir, data_root, quiet):
+def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hidden, windows, seed,
+             device, workdir, data_root, quiet):
     """Train the conv trunk on the dataset when no ImageNet weights exist.
 
     The trunk (with batch norm, folded away when saved), an SPP layer and an fc6-fc7 head
     classify warped crops of ground-truth boxes, proposals with IoU >= 0.5 to them and background
     proposals (IoU < 0.3 to every object) into the K classes + background, in mini-batches, with
-    two crop sizes alternated per epoch. Needs `sppdet propose` first. The trunk goes to
+    two crop sizes alternated per epoch. Needs `sppdet propose` first, unless --windows random
+    (then --data may name another VOC-layout dataset to pretrain on). The trunk goes to
     WORKDIR/pretrain-<hash>/trunk.pt, which `sppdet extract` then uses by default (same
     --backbone/--width); the same settings again reuse it.
 
     Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 16 --sizes 64,52
+
+    On a separate dataset: sppdet pretrain --data data/big --windows random --epochs 3
     """
     if len(hidden) != 2:
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")
     config = PretrainConfig(backbone=backbone, width=width, sizes=sizes, epochs=epochs, lr=lr,
-                            batch_size=batch_size, augment=augment, hidden=hidden, seed=seed)
+                            batch_size=batch_size, augment=augment, hidden=hidden, windows=windows,
+                            seed=seed)
     with library_errors():
         job = prepare_pretrain(workdir, config, split=split, data_root=data_root, device=device)
         if job.done:

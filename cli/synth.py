@@ -7,6 +7,7 @@ from rich.table import Table
 
 from cli.common import library_errors, progress_bar, quiet_option, stdout_console
 from sppdet.data.synth import SPLITS, check_output, write_dataset
+from sppdet.parallel import default_workers
 
 
 @click.command("synth")
@@ -15,8 +16,10 @@ from sppdet.data.synth import SPLITS, check_output, write_dataset
               help="Number of images (at least 3, one per split).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical files.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes drawing images (default: all cores); the files do not depend on it.")
 @quiet_option
-def synth(out, images, seed, quiet):
+def synth(out, images, seed, workers, quiet):
     """Write the built-in demo dataset to OUT in Pascal VOC layout.
 
     Five shape classes (circle, cross, square, star, triangle) in colours unrelated to the
@@ -29,7 +32,8 @@ def synth(out, images, seed, quiet):
     with library_errors():
         root = check_output(out)
         with progress_bar(images, "synth", quiet=quiet) as advance:
-            summary = write_dataset(root, images=images, seed=seed, progress=advance)
+            summary = write_dataset(root, images=images, seed=seed, progress=advance,
+                                    workers=workers or default_workers())
     objects = Table(title=f"sppdet synth: {images} images, seed {seed}")
     objects.add_column("class")
     objects.add_column("objects", justify="right")

@@ -113,6 +113,7 @@ class PretrainConfig:
     backgrounds_per_image: int = 24  # background crops per image: proposals with IoU < bg_iou to all
     fg_iou: float = 0.5  # proposals this close to an object are crops of its class (R-CNN fine-tuning)
     bg_iou: float = 0.3  # background: proposals with IoU < this to every object (R-CNN SVM negatives)
+    windows: str = "proposals"  # "proposals" (sppdet propose) or "random" (sppdet.random_windows; no proposals)
     context: int = 16  # px of context around each box at a 224 px crop, scaled with the crop (R-CNN: 16)
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 sizes (paper: 4096, 4096)
     dropout: float = 0.0  # after fc6 and fc7 (paper: 0.5; here it slows a from-scratch trunk's few epochs)

@@ -8,7 +8,7 @@ order, labels the image's ground-truth boxes and proposals (foreground IoU >= 0.
 and feeds mini-batches of ``batch_size`` windows to SGD. Memory holds one batch, never the split.
 
 Initialisation: the head trained by ``sppdet pretrain`` when its recorded pooled dimension, hidden
-sizes and class count match (the paper starts from ImageNet fc6/fc7), else seeded random.
+sizes and class names match (the paper starts from ImageNet fc6/fc7), else seeded random.
 Output: ``finetune-<hash>/head.pt``; the hash covers the config, the features, the proposals and
 the initial head, so changing any of them trains a new head. ``epochs = 0`` saves the pretrained
 head untouched (the paper's "fc7" rows: SVMs on fc7 without fine-tuning); it needs one to start
@@ -85,8 +85,8 @@ def _pretrained_head(work: WorkDir, source: WindowSource, config: FinetuneConfig
         return None, "random"
     _, meta = load_head(path)
     arch = meta["architecture"]
-    if (arch["in_dim"], tuple(arch["hidden"]), arch["num_classes"]) != (
-            source.dim, tuple(config.hidden), len(source.classes)):
+    if (arch["in_dim"], tuple(arch["hidden"]), tuple(meta.get("classes", ()))) != (
+            source.dim, tuple(config.hidden), tuple(source.classes)):
         return None, "random"
     return path, file_hash(path)
 

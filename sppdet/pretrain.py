@@ -15,6 +15,8 @@ Crops of one image (resampled every epoch, seeded):
       ``positives_per_object`` proposals with IoU >= ``fg_iou`` (0.5) to it, labelled with its class;
     * background: up to ``backgrounds_per_image`` proposals whose IoU with every object (difficult
       ones included) is < ``bg_iou`` (0.3, R-CNN's SVM negatives).
+With ``windows = "random"`` the candidates are random boxes and jittered ground truth
+(``sppdet.random_windows``) instead of proposals, for a dataset that has none.
 Each window is warped with R-CNN's context (``sppdet.rcnn.warp_crops``; 16 px at 224, scaled with
 the crop side). The crops of ``images_per_group`` images are shuffled together into batches of
 ``batch_size``; leftovers carry into the next group. Images stream from disk; memory holds one group.
@@ -65,6 +67,7 @@ MAX_WARMUP_STEPS = 100
 #: zf5 trains on (BGR - 128) / PIXEL_STD, about unit variance (see CropClassifier).
 PIXEL_STD = 64.0
 AUGMENTATIONS = ("flip", "rot90", "channels")
+WINDOW_SOURCES = ("proposals", "random")
 
 ProposalSource = Callable[[str], np.ndarray]  # image id -> proposals float32 [N, 4]
 
@@ -163,6 +166,8 @@ def check_config(config: PretrainConfig) -> None:
         (min(config.hidden) < 1, f"--hidden {config.hidden}: sizes must be >= 1"),
         (not 0 <= config.dropout < 1, f"dropout {config.dropout}: must be in [0, 1)"),
         (bool(unknown), f"--augment {','.join(unknown)}: choose from {', '.join(AUGMENTATIONS)}"),
+        (config.windows not in WINDOW_SOURCES,
+         f"--windows {config.windows}: choose from {', '.join(WINDOW_SOURCES)}"),
         (config.images_per_group < 1, f"images_per_group {config.images_per_group}: need >= 1"),
     ]
     for bad, message in problems:

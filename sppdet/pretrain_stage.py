@@ -1,7 +1,7 @@
 """The ``pretrain`` stage: train the trunk of ``sppdet.pretrain`` on a split, save it, record it.
 
-Output: folder ``pretrain-<hash>`` (the hash covers the ``PretrainConfig``, the proposals folder,
-the dataset root and the split) holding
+Output: folder ``pretrain-<hash>`` (the hash covers the ``PretrainConfig``, the proposals folder
+unless ``windows`` is "random", the dataset root and the split) holding
     trunk.pt       the trunk's own state dict (keys of ``build_backbone(...).trunk``, training aids
                    folded in; ``sppdet.backbones.load_trunk_weights`` reads it), ``torch.save``
     head.pt        the fc6/fc7/fc8 head (``sppdet.head.save_head``; metadata: classes, backbone,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from sppdet.head import load_head, save_head
 from sppdet.parallel import Progress, no_progress
 from sppdet.pretrain import CropClassifier, EpochStats, check_config, new_classifier, train_classifier
 from sppdet.propose_stage import load_proposals, proposals_dir
+from sppdet.random_windows import random_window_source
 from sppdet.spp import LEVELS, pooled_dim
 from sppdet.store import WorkDir, atomic_path, atomic_write_json, read_json, to_jsonable
 
@@ -45,7 +47,7 @@ class PretrainJob:
     workdir: WorkDir
     config: PretrainConfig
     dataset: VocDataset
-    proposal_folder: Path
+    proposal_folder: Path | None  # None with windows "random"
     folder: Path
     device: torch.device
 
@@ -80,7 +82,8 @@ def prepare_pretrain(workdir: str | os.PathLike | None = None,
                      data_root: str | os.PathLike | None = None, device: str = "auto") -> PretrainJob:
     """Resolve a ``pretrain`` run: check the settings, open the split (the recorded dataset root
     unless ``data_root`` is given), find the proposals of ``sppdet propose`` (``WorkdirError`` if
-    there are none) and the output folder. Nothing is trained."""
+    there are none; not needed with ``config.windows == "random"``) and the output folder. Nothing
+    is trained."""
     check_config(config)
     work = WorkDir(workdir)
     torch_device = resolve_device(device)
@@ -88,9 +91,12 @@ def prepare_pretrain(workdir: str | os.PathLike | None = None,
     dataset = VocDataset(root, split)
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
-    proposal_folder = proposals_dir(work)
-    folder = work.stage_dir(STAGE, config, inputs={
-        "proposals": work.stage_hash(proposal_folder), "data": str(root), "split": split})
+    inputs = {"data": str(root), "split": split}
+    proposal_folder = None
+    if config.windows == "proposals":
+        proposal_folder = proposals_dir(work)
+        inputs["proposals"] = work.stage_hash(proposal_folder)
+    folder = work.stage_dir(STAGE, config, inputs=inputs)
     return PretrainJob(work, config, dataset, proposal_folder, folder, torch_device)
 
 
@@ -107,9 +113,11 @@ def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> Pretrain
 
     model, backbone = new_classifier(config, len(dataset.classes))
     start = time.perf_counter()
-    history = train_classifier(model, backbone, dataset,
-                               lambda image_id: load_proposals(job.proposal_folder, image_id),
-                               config, job.device, progress)
+    if job.proposal_folder is None:
+        windows = random_window_source(dataset, config.seed)
+    else:
+        windows = partial(load_proposals, job.proposal_folder)
+    history = train_classifier(model, backbone, dataset, windows, config, job.device, progress)
     seconds = time.perf_counter() - start
     with atomic_path(folder / TRUNK_FILE) as tmp:
         torch.save(model.trunk_state(), tmp)

@@ -16,7 +16,7 @@ from cli.main import cli
 from sppdet.backbones import build_backbone, load_trunk_weights
 from sppdet.boxes import iou_matrix
 from sppdet.config import PretrainConfig
-from sppdet.data.voc import Annotation, write_annotation, write_split
+from sppdet.data.voc import Annotation, VocDataset, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
 from sppdet.extract_stage import resolve_weights
 from sppdet.head import FcHead, load_head
@@ -24,6 +24,7 @@ from sppdet.pretrain import (CropClassifier, augment_crops, check_config, crop_a
                              pretrain_windows)
 from sppdet.pretrain_stage import load_pretrained, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import load_proposals, prepare_propose, proposal_path, run_propose
+from sppdet.random_windows import MIN_SIDE, random_window_source, random_windows
 from sppdet.spp import pooled_dim
 from sppdet.store import WorkDir
 
@@ -193,7 +194,7 @@ def test_crop_batches_cover_every_sampled_window(tiny):
 def test_check_config_rejects_bad_settings():
     for bad in (dict(sizes=()), dict(sizes=(16,)), dict(epochs=0), dict(lr=0.0), dict(batch_size=1),
                 dict(bg_iou=0.8), dict(hidden=(0, 4)), dict(dropout=1.0), dict(augment=("blur",)),
-                dict(context=200), dict(images_per_group=0)):
+                dict(context=200), dict(images_per_group=0), dict(windows="edges")):
         with pytest.raises(ConfigError):
             check_config(replace(TINY, **bad))
 
@@ -299,3 +300,50 @@ def test_cli_rejects_bad_options(tiny):
     for bad in (["--hidden", "64"], ["--sizes", "a,b"], ["--sizes", "8"], ["--augment", "blur"]):
         result = CliRunner().invoke(cli, ["pretrain", "--workdir", str(work), *bad, "--quiet"])
         assert result.exit_code == 2, (bad, result.output)
+
+
+def test_random_windows_lie_inside_and_give_both_kinds_of_crops():
+    gt = np.array([[10, 20, 50, 70], [100, 5, 130, 30]], np.float32)
+    windows = random_windows(gt, WIDTH, HEIGHT, np.random.default_rng(3), count=200, jitters=16)
+    again = random_windows(gt, WIDTH, HEIGHT, np.random.default_rng(3), count=200, jitters=16)
+    assert windows.dtype == np.float32 and windows.shape[1] == 4 and np.array_equal(windows, again)
+    assert (windows[:, :2] >= 0).all() and (windows[:, 2] <= WIDTH).all() and (windows[:, 3] <= HEIGHT).all()
+    assert (windows[:, 2] > windows[:, 0]).all() and (windows[:, 3] > windows[:, 1]).all()
+    random_part, jittered = windows[:200], windows[200:]
+    sides = np.sqrt((random_part[:, 2] - random_part[:, 0]) * (random_part[:, 3] - random_part[:, 1]))
+    assert sides.min() >= MIN_SIDE / 2 ** 0.25 - 1e-3 and sides.max() <= 0.9 * HEIGHT * 2 ** 0.25 + 1e-3
+    overlaps = iou_matrix(jittered, gt)
+    assert len(jittered) >= 28  # few of the 32 copies are dropped as too thin
+    for column in range(len(gt)):  # each object gets several foreground (IoU >= 0.5) candidates
+        mine = overlaps.argmax(1) == column
+        assert (overlaps[mine, column] >= 0.5).sum() >= 8
+    assert (iou_matrix(random_part, gt).max(1) < 0.3).mean() > 0.8  # mostly background
+    assert random_windows(np.zeros((0, 4)), WIDTH, HEIGHT, np.random.default_rng(0), count=5).shape == (5, 4)
+
+
+def test_random_window_source_is_fixed_per_image(tiny):
+    root, _ = tiny
+    dataset = VocDataset(root, "trainval")
+    first, second = random_window_source(dataset, 0), random_window_source(dataset, 0)
+    a, b = dataset.image_ids[:2]
+    assert np.array_equal(first(a), second(a)) and not np.array_equal(first(a)[:10], first(b)[:10])
+    assert not np.array_equal(first(a)[:10], random_window_source(dataset, 1)(a)[:10])
+
+
+def test_random_windows_pretrain_without_proposals(tiny, tmp_path):
+    """--windows random trains in a work directory that has no proposals, on --data."""
+    root, _ = tiny
+    work = tmp_path / "no-proposals"
+    config = replace(TINY, windows="random", epochs=4)
+    job = prepare_pretrain(work, config, data_root=root, device="cpu")
+    assert job.proposal_folder is None
+    summary = run_pretrain(job)
+    assert summary.history[-1].accuracy > summary.history[0].accuracy
+    assert summary.history[-1].accuracy > 0.6  # chance: the background share, ~0.5 here
+    assert resolve_weights(WorkDir(work), None, "zf5", TINY.width) == str(summary.weights)
+    result = CliRunner().invoke(cli, ["pretrain", "--workdir", str(tmp_path / "cli"), "--data", str(root),
+                                      "--windows", "random", "--width", "0.125", "--sizes", "40,32",
+                                      "--epochs", "1", "--hidden", "32,32", "--batch-size", "16",
+                                      "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "trunk:" in result.output

@@ -36,6 +36,13 @@ def test_same_seed_gives_identical_bytes(twelve, tmp_path):
     assert len(_files(twelve)) == 12 * 2 + len(synth.SPLITS) + 1
 
 
+def test_workers_write_the_same_bytes(twelve, tmp_path):
+    summary = synth.write_dataset(tmp_path, images=12, seed=0, workers=2)
+    assert _files(tmp_path) == _files(twelve)
+    reused = synth.write_dataset(twelve, images=12, seed=0)
+    assert (summary.objects, summary.difficult, summary.splits) == (reused.objects, reused.difficult, reused.splits)
+
+
 def test_images_depend_only_on_seed_and_index(twelve, forty):
     root40 = forty[0]
     for index in range(1, 13):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -45,7 +46,7 @@ import numpy as np
 
 from sppdet.data.voc import Annotation, read_annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, DatasetError
-from sppdet.parallel import Progress, no_progress
+from sppdet.parallel import Progress, map_unordered, no_progress
 from sppdet.store import atomic_write_bytes, atomic_write_json
 
 CLASSES = ("circle", "cross", "square", "star", "triangle")  # sorted, as voc.discover_classes
@@ -376,8 +377,9 @@ def write_image(root: str | os.PathLike, seed: int, index: int) -> Annotation:
 
 
 def write_dataset(root: str | os.PathLike, images: int = 400, seed: int = 0,
-                  progress: Progress | None = None) -> SynthSummary:
-    """Write the demo dataset (``images`` >= 3 images) in VOC layout under ``root``.
+                  progress: Progress | None = None, workers: int = 1) -> SynthSummary:
+    """Write the demo dataset (``images`` >= 3 images) in VOC layout under ``root``, drawing
+    the images in ``workers`` processes (the files are the same for any number).
 
     Raises ``DatasetError`` if ``root`` is a non-empty folder without ``synth.json`` (see
     :func:`check_output`); ``progress(1)`` is called after each image. Returns what was written.
@@ -392,9 +394,10 @@ def write_dataset(root: str | os.PathLike, images: int = 400, seed: int = 0,
         _claim(root, images, seed)
     progress = progress or no_progress
     objects, difficult = dict.fromkeys(CLASSES, 0), dict.fromkeys(CLASSES, 0)
-    for index in range(1, images + 1):
-        annotation = (read_annotation(root / "Annotations" / f"{image_id(index)}.xml") if reuse
-                      else write_image(root, seed, index))
+    indices = range(1, images + 1)
+    annotations = (read_annotation(root / "Annotations" / f"{image_id(index)}.xml") for index in indices
+                   ) if reuse else map_unordered(partial(write_image, root, seed), indices, workers)
+    for annotation in annotations:
         for name, hard in zip(annotation.names, annotation.difficult):
             objects[name] += 1
             difficult[name] += int(hard)
