@@ -56,14 +56,18 @@ def _join(values) -> str:
               help="Candidate windows: the proposals of `sppdet propose`, or random boxes plus "
                    "jittered ground truth (no proposals needed: pretrain on a separate dataset "
                    "given with --data, as the paper pretrains on ImageNet).")
+@click.option("--parts-per-object", type=click.IntRange(min=0), default=DEFAULTS.parts_per_object,
+              show_default=True,
+              help="With --windows random: boxes drawn inside each object (20-55% of its sides), "
+                   "background crops of object parts.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
               help="Seed of the init, window sampling, flips and image order.")
 @device_option
 @workdir_option
 @data_option
 @quiet_option
-def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hidden, windows, seed,
-             device, workdir, data_root, quiet):
+def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hidden, windows,
+             parts_per_object, seed, device, workdir, data_root, quiet):
     """Train the conv trunk on the dataset when no ImageNet weights exist.
 
     The trunk (with batch norm, folded away when saved), an SPP layer and an fc6-fc7 head
@@ -82,7 +86,7 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")
     config = PretrainConfig(backbone=backbone, width=width, sizes=sizes, epochs=epochs, lr=lr,
                             batch_size=batch_size, augment=augment, hidden=hidden, windows=windows,
-                            seed=seed)
+                            parts_per_object=parts_per_object, seed=seed)
     with library_errors():
         job = prepare_pretrain(workdir, config, split=split, data_root=data_root, device=device)
         if job.done:

@@ -35,13 +35,20 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="Features the SVMs read: fc7 of the fine-tuned head, or pool5 itself.")
 @click.option("--C", "c", type=click.FloatRange(0, min_open=True), default=DEFAULTS.C, show_default=True,
               help="Hinge-loss weight (paper: 1e-3).")
+@click.option("--extra-positives", type=click.IntRange(min=0), default=DEFAULTS.extra_positives,
+              show_default=True,
+              help="Per object, up to this many proposals with IoU >= --extra-positive-iou join the "
+                   "positives (R-CNN: 0, ground truth only; helps with few objects per class).")
+@click.option("--extra-positive-iou", type=click.FloatRange(0.5, 1.0), default=DEFAULTS.extra_positive_iou,
+              show_default=True, help="Least IoU with its object for an extra positive.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--levels", default=None, metavar="1,2,3,6", callback=_parse_levels,
               help="Pyramid levels the windows are pooled with (default 1,2,3,6; e.g. 6 alone for "
                    "the paper's single-level ablation, with --layer pool5); eval and detect follow.")
 @method_option
 @quiet_option
-def train_svm(workdir, data_root, split, layer, c, seed, levels, method, quiet):
+def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positive_iou, seed, levels,
+              method, quiet):
     """Train one linear SVM per class with R-CNN's hard-negative mining.
 
     Positives are ground-truth boxes, negatives proposals with IoU < 0.3 to every box of the class;
@@ -49,7 +56,8 @@ def train_svm(workdir, data_root, split, layer, c, seed, levels, method, quiet):
 
     Example: sppdet train-svm --layer fc7
     """
-    config = SvmConfig(layer=layer, C=c, seed=seed)
+    config = SvmConfig(layer=layer, C=c, extra_positives=extra_positives,
+                       extra_positive_iou=extra_positive_iou, seed=seed)
     with library_errors():
         work = WorkDir(workdir)
         images = len(WindowSource(work, split, data_root, levels=levels, method=method).image_ids)

@@ -46,6 +46,8 @@ class SvmConfig:
     retrain_every: int = 2000  # retrain a class once it has added more than this many negatives (2,000)
     negative_nms: float = 0.7  # drop a negative overlapping a harder one by IoU > this (paper: 0.7; 1 = off)
     use_difficult: bool = True  # difficult ground-truth boxes are positives (R-CNN: yes)
+    extra_positives: int = 0  # per object, proposals with IoU >= extra_positive_iou also positives (R-CNN: 0)
+    extra_positive_iou: float = 0.7  # (sppdet.svm_stage; only with extra_positives > 0)
     tol: float = 1e-3  # liblinear stopping tolerance (R-CNN's liblinear 1.94 default: 0.1)
     max_iter: int = 1000  # liblinear iteration cap (liblinear default: 1000)
     seed: int = 0  # liblinear's coordinate order
@@ -105,15 +107,16 @@ class PretrainConfig:
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
     sizes: tuple[int, ...] = (64, 52)  # crop sides, one per epoch in turn (paper: 224, 180)
     epochs: int = 16  # passes over the split (paper: ImageNet, ~70 epochs); demo mAP +0.02 over 12 (2 seeds)
-    lr: float = 0.05  # peak SGD learning rate; linear warm-up, then cosine decay to 0
+    lr: float = 0.0125  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)
     weight_decay: float = 5e-4  # (paper: 5e-4)
-    batch_size: int = 128  # crops per SGD step (paper: 128 ImageNet crops)
+    batch_size: int = 16  # crops per SGD step (paper: 128 ImageNet crops; 16: more steps, sppdet.pretrain)
     positives_per_object: int = 8  # extra crops per object: proposals with IoU >= fg_iou to it
     backgrounds_per_image: int = 24  # background crops per image: proposals with IoU < bg_iou to all
     fg_iou: float = 0.5  # proposals this close to an object are crops of its class (R-CNN fine-tuning)
     bg_iou: float = 0.3  # background: proposals with IoU < this to every object (R-CNN SVM negatives)
     windows: str = "proposals"  # "proposals" (sppdet propose) or "random" (sppdet.random_windows; no proposals)
+    parts_per_object: int = 0  # windows "random": boxes inside each object, background crops of its parts
     context: int = 16  # px of context around each box at a 224 px crop, scaled with the crop (R-CNN: 16)
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 sizes (paper: 4096, 4096)
     dropout: float = 0.0  # after fc6 and fc7 (paper: 0.5; here it slows a from-scratch trunk's few epochs)

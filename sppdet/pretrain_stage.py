@@ -114,7 +114,7 @@ def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> Pretrain
     model, backbone = new_classifier(config, len(dataset.classes))
     start = time.perf_counter()
     if job.proposal_folder is None:
-        windows = random_window_source(dataset, config.seed)
+        windows = random_window_source(dataset, config.seed, config.parts_per_object)
     else:
         windows = partial(load_proposals, job.proposal_folder)
     history = train_classifier(model, backbone, dataset, windows, config, job.device, progress)

@@ -79,6 +79,31 @@ def estimate_feature_scale(feature_batches: Iterable[np.ndarray], target_norm: f
     return target_norm / mean
 
 
+def extra_positive_boxes(gt_boxes, gt_labels, difficult, proposals, min_iou: float, per_object: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Proposals that may join the positives: boxes float32 ``[E, 4]``, labels int64 ``[E]``.
+
+    Each proposal ``[P, 4]`` goes to the ground-truth box ``[G, 4]`` it overlaps most; of those
+    with IoU >= ``min_iou`` to a non-difficult box of a known class (``gt_labels`` 1..K), at most
+    ``per_object`` per box are drawn at random (``rng``), labelled with that box's class.
+    """
+    gt_boxes, proposals = as_boxes(gt_boxes), as_boxes(proposals)
+    gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
+    usable = (gt_labels > 0) & ~np.asarray(difficult, bool).reshape(-1)
+    if not usable.any() or not len(proposals) or per_object < 1:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    overlaps = iou_matrix(proposals, gt_boxes)
+    owner = overlaps.argmax(1)
+    close = (overlaps.max(1) >= min_iou) & usable[owner]
+    rows = np.flatnonzero(close)[rng.permutation(int(close.sum()))]  # random order within owners
+    rank = np.zeros(len(rows), np.int64)
+    for box in np.unique(owner[rows]):  # a loop over objects, not windows
+        mine = owner[rows] == box
+        rank[mine] = np.arange(int(mine.sum()))
+    chosen = np.sort(rows[rank < per_object])
+    return proposals[chosen], gt_labels[owner[chosen]]
+
+
 def collect_positives(images: Iterable[ImageWindows]) -> tuple[np.ndarray, np.ndarray]:
     """The ground-truth rows of every image: features float32 ``[P, D]``, labels int64 ``[P]``.
 

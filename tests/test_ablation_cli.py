@@ -25,7 +25,8 @@ def workdir(tmp_path_factory):
     sppdet("synth", str(data), "--images", "16", "--seed", "5")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--max-side", "160", "--workers", "1")
     sppdet("propose", "--split", "test", "--max-side", "160", "--workers", "1")
-    sppdet("pretrain", *TINY, "--sizes", "48,40", "--epochs", "2", "--hidden", "32,32", "--batch-size", "32")
+    sppdet("pretrain", *TINY, "--sizes", "48,40", "--epochs", "2", "--hidden", "32,32",
+           "--batch-size", "32", "--lr", "0.05")
     for split in ("trainval", "test"):
         sppdet("extract", "--split", split, *TINY, "--scales", "160")
     return sppdet, root, WorkDir(work), data

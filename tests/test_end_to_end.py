@@ -25,11 +25,12 @@ def trained(tmp_path_factory):
     sppdet("synth", str(data), "--images", "24", "--seed", "3")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--max-side", "200", "--workers", "1")
     sppdet("propose", "--split", "test", "--max-side", "200", "--workers", "1")
-    sppdet("pretrain", *TINY, "--sizes", "48,40", "--epochs", "3", "--hidden", "64,64", "--batch-size", "32")
+    sppdet("pretrain", *TINY, "--sizes", "48,40", "--epochs", "3", "--hidden", "64,64",
+           "--batch-size", "32", "--lr", "0.05")
     for split in ("trainval", "test"):
         sppdet("extract", "--split", split, *TINY, *SCALE)
     sppdet("finetune", "--hidden", "64,64", "--epochs", "3")
-    sppdet("train-svm", "--layer", "pool5")
+    sppdet("train-svm", "--layer", "pool5", "--extra-positives", "2")
     sppdet("train-bbox")
     return sppdet, root, work, data
 
@@ -64,4 +65,4 @@ def test_second_run_reuses_caches(trained):
     sppdet, _, _, _ = trained
     result = sppdet("finetune", "--hidden", "64,64", "--epochs", "3")
     assert "already trained" in result.output
-    assert "already trained" in sppdet("train-svm", "--layer", "pool5").output
+    assert "already trained" in sppdet("train-svm", "--layer", "pool5", "--extra-positives", "2").output

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from sppdet.backbones import build_backbone, load_trunk_weights
+from sppdet.backbones import WithinChannelLRN, build_backbone, load_trunk_weights
 from sppdet.boxes import iou_matrix
 from sppdet.config import PretrainConfig
 from sppdet.data.voc import Annotation, VocDataset, write_annotation, write_split
@@ -21,7 +21,7 @@ from sppdet.errors import ConfigError, WorkdirError
 from sppdet.extract_stage import resolve_weights
 from sppdet.head import FcHead, load_head
 from sppdet.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
-                             pretrain_windows)
+                             new_classifier, pretrain_windows)
 from sppdet.pretrain_stage import load_pretrained, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import load_proposals, prepare_propose, proposal_path, run_propose
 from sppdet.random_windows import MIN_SIDE, random_window_source, random_windows
@@ -261,6 +261,24 @@ def test_trunk_state_folds_batch_norm_and_the_input_scale():
         torch.testing.assert_close(plain(crops), model.trunk(crops / 64), rtol=1e-4, atol=1e-4)
 
 
+def test_training_skips_lrn_and_the_saved_trunk_with_lrn_stays_close():
+    """new_classifier trains zf5 without its LRN layers; the saved trunk keeps them, and on
+    unit-scale activations they change conv5 by far less than float16 resolution."""
+    model, _ = new_classifier(replace(TINY, width=0.25), 2)
+    assert not any(isinstance(m, WithinChannelLRN) for m in model.trunk.modules())
+    crops = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 60
+    model.train()
+    with torch.no_grad():
+        model.trunk(crops / 64)  # batch-norm running statistics of these crops
+    model.eval()
+    plain = build_backbone("zf5", 0.25).trunk
+    plain.load_state_dict(model.trunk_state())
+    assert sum(isinstance(m, WithinChannelLRN) for m in plain.modules()) == 2
+    with torch.no_grad():
+        kept, skipped = plain(crops), model.trunk(crops / 64)
+    assert (kept - skipped).abs().max() <= 1e-3 * skipped.abs().max()
+
+
 def test_rerun_skips_and_new_settings_get_a_new_folder(tiny, trained):
     root, work = tiny
     job, summary = trained
@@ -319,6 +337,20 @@ def test_random_windows_lie_inside_and_give_both_kinds_of_crops():
         assert (overlaps[mine, column] >= 0.5).sum() >= 8
     assert (iou_matrix(random_part, gt).max(1) < 0.3).mean() > 0.8  # mostly background
     assert random_windows(np.zeros((0, 4)), WIDTH, HEIGHT, np.random.default_rng(0), count=5).shape == (5, 4)
+
+
+def test_part_windows_lie_inside_their_object_and_are_mostly_background():
+    gt = np.array([[10, 20, 50, 70], [100, 5, 130, 30]], np.float32)
+    plain = random_windows(gt, WIDTH, HEIGHT, np.random.default_rng(3), count=50, jitters=4)
+    windows = random_windows(gt, WIDTH, HEIGHT, np.random.default_rng(3), count=50, jitters=4, parts=40)
+    assert np.array_equal(windows[:len(plain)], plain)  # parts come last, the rest is unchanged
+    parts = windows[len(plain):].reshape(len(gt), 40, 4)
+    for box, mine in zip(gt, parts):
+        side = box[2:] - box[:2]
+        assert (mine[:, :2] >= box[:2] - 1e-4).all() and (mine[:, 2:] <= box[2:] + 1e-4).all()
+        ratio = (mine[:, 2:] - mine[:, :2]) / side
+        assert (ratio >= 0.2 - 1e-4).all() and (ratio <= 0.55 + 1e-4).all()
+        assert (iou_matrix(mine, box[None])[:, 0] <= 0.55 ** 2 + 1e-6).all()  # a part holds <= 0.55^2 of it
 
 
 def test_random_window_source_is_fixed_per_image(tiny):

@@ -17,7 +17,7 @@ from sppdet.svm import (
     svm_objective,
     train_svms,
 )
-from sppdet.windows import collect_positives, estimate_feature_scale, make_image_windows
+from sppdet.windows import collect_positives, estimate_feature_scale, extra_positive_boxes, make_image_windows
 
 K, D = 3, 32
 NAMES = ("cat", "dog", "fox")
@@ -109,6 +109,38 @@ def test_make_image_windows_matches_loop():
                 expected = max([box_iou(b, gt[g]) for g in range(3) if gt_labels[g] == k])
                 assert w.overlaps[r, k - 1] == pytest.approx(expected, abs=1e-6)
         np.testing.assert_array_equal(w.gt_classes, [1, 2, 1])
+
+
+def test_extra_positive_boxes_match_a_loop_reference():
+    rng = np.random.default_rng(4)
+    gt = np.array([[0, 0, 50, 50], [40, 40, 90, 90], [10, 10, 30, 30], [60, 0, 99, 40]], np.float32)
+    gt_labels = np.array([1, 2, 1, -1])
+    difficult = np.array([False, False, True, False])
+    jitter = rng.normal(0, 3, (200, 4)).astype(np.float32)
+    proposals = np.repeat(gt, 50, axis=0) + jitter  # many near each box, some below 0.7
+    proposals[:, 2:] = np.maximum(proposals[:, 2:], proposals[:, :2] + 1)
+    boxes, labels = extra_positive_boxes(gt, gt_labels, difficult, proposals, 0.7, 6, np.random.default_rng(0))
+    again = extra_positive_boxes(gt, gt_labels, difficult, proposals, 0.7, 6, np.random.default_rng(0))
+    assert np.array_equal(boxes, again[0]) and np.array_equal(labels, again[1])
+    # reference: each proposal's best box (first on ties); eligible if IoU >= 0.7 to a usable box
+    eligible = {}
+    for p, box in enumerate(proposals):
+        ious = [box_iou(box, g) for g in gt]
+        owner = int(np.argmax(ious))
+        if ious[owner] >= 0.7 and gt_labels[owner] > 0 and not difficult[owner]:
+            eligible.setdefault(owner, set()).add(tuple(box))
+    assert set(eligible) == {0, 1}
+    chosen = {tuple(b): label for b, label in zip(boxes, labels)}
+    for owner, candidates in eligible.items():
+        mine = [b for b in chosen if b in candidates]
+        assert len(mine) == min(6, len(candidates))
+        assert all(chosen[b] == gt_labels[owner] for b in mine)
+    assert len(chosen) == len(boxes) == sum(min(6, len(c)) for c in eligible.values())
+    assert boxes.dtype == np.float32 and labels.dtype == np.int64
+    empty = extra_positive_boxes(gt, gt_labels, difficult, proposals, 0.7, 0, np.random.default_rng(0))
+    assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
+    none = extra_positive_boxes(gt[:0], gt_labels[:0], difficult[:0], proposals, 0.7, 3, np.random.default_rng(0))
+    assert none[0].shape == (0, 4)
 
 
 def test_feature_scale_gives_mean_norm_20():
