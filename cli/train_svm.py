@@ -32,7 +32,8 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @data_option
 @split_option("trainval")
 @click.option("--layer", type=click.Choice(LAYERS), default=DEFAULTS.layer, show_default=True,
-              help="Features the SVMs read: fc7 of the fine-tuned head, or pool5 itself.")
+              help="Features the SVMs read: fc7 of the fine-tuned head, pool5 itself, or both side by "
+                   "side (pool5+fc7, fc7 weighted to pool5's mean norm).")
 @click.option("--C", "c", type=click.FloatRange(0, min_open=True), default=DEFAULTS.C, show_default=True,
               help="Hinge-loss weight (paper: 1e-3).")
 @click.option("--extra-positives", type=click.IntRange(min=0), default=DEFAULTS.extra_positives,

@@ -28,13 +28,13 @@ from sppdet.config import DetectConfig
 from sppdet.errors import WorkdirError
 from sppdet.evaluate import Detections
 from sppdet.finetune_stage import finetuned_head
-from sppdet.head import FcHead, fc7_features
+from sppdet.head import FcHead
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir
 from sppdet.svm import SvmModel
 from sppdet.svm_stage import STAGE as SVM_STAGE
-from sppdet.svm_stage import trained_svms
+from sppdet.svm_stage import svm_features, trained_svms
 from sppdet.window_source import WindowSource
 
 
@@ -47,6 +47,8 @@ class Detector:
     head: FcHead | None
     regressors: BboxRegressor | None
     config: DetectConfig = DetectConfig()
+    layer: str = ""  # what the SVMs read (sppdet.svm_stage.svm_features); "": fc7 with a head, else pool5
+    fc7_weight: float = 1.0  # the fc7 part's factor for layer "pool5+fc7"
 
     @classmethod
     def from_workdir(cls, workdir: WorkDir, feature_hash: str, in_dim: int,
@@ -55,18 +57,19 @@ class Detector:
         checked against the pooled features ``feature_hash`` (``WindowSource.feature_hash``) of
         dimension ``in_dim``."""
         record = require_trained(workdir, method)
+        layer = record["layer"]
         head, svm_hash = None, f"{feature_hash}:pool5"
-        if record["layer"] == "fc7":
+        if layer != "pool5":
             head, head_id = finetuned_head(workdir, feature_hash, in_dim, method)
-            svm_hash = f"{feature_hash}:fc7:{head_id}"
+            svm_hash = f"{feature_hash}:{layer}:{head_id}"
         svms = trained_svms(workdir, svm_hash, method)
         regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
-        return cls(svms.class_names, svms, head, regressors, config)
+        return cls(svms.class_names, svms, head, regressors, config, layer, record.get("fc7_weight") or 1.0)
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
         """SVM scores float32 [R, K] of pooled windows [R, D]."""
-        features = fc7_features(self.head, pooled) if self.head is not None else pooled
-        return self.svms.scores(features)
+        layer = self.layer or ("fc7" if self.head is not None else "pool5")
+        return self.svms.scores(svm_features(layer, pooled, self.head, self.fc7_weight))
 
     def detect(self, pooled: np.ndarray, windows: np.ndarray, image_hw: tuple[int, int]):
         """Detections of one image: (boxes float32 [N, 4], scores float32 [N], labels int64 [N]

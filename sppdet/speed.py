@@ -147,6 +147,8 @@ class _Runner:
 
     def _score(self, seconds: dict, pooled: torch.Tensor) -> None:
         features = pooled if self.head is None else self._time(seconds, "fc", self.head.fc7_features, pooled)
+        if self.head is not None and self.model.fc7_weight is not None:  # layer "pool5+fc7"
+            features = torch.cat([pooled, features * self.model.fc7_weight], dim=1)
         self._time(seconds, "svm", lambda: (features * self.model.feature_scale) @ self.weights + self.biases)
 
     def spp_seconds(self, bgr: np.ndarray, boxes: np.ndarray, scales: Sequence[int]) -> dict:

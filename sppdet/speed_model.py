@@ -43,6 +43,7 @@ class SpeedModel:
     svm_biases: np.ndarray
     feature_scale: float
     description: str
+    fc7_weight: float | None = None  # SVMs on [pool5, fc7_weight * fc7] (layer "pool5+fc7")
 
 
 def random_model(backbone: str = "zf5", width: float = 0.25, hidden: Sequence[int] = (512, 512),
@@ -71,6 +72,8 @@ def trained_model(workdir: str | os.PathLike | WorkDir | None) -> SpeedModel | N
     detector = Detector.from_workdir(work, pooled_feature_hash(work.stage_hash(folder), LEVELS),
                                      pooled_dim(info.channels, LEVELS), DetectConfig(bbox_reg=False))
     svms = detector.svms
+    layer = detector.layer or ("pool5" if detector.head is None else "fc7")
     return SpeedModel(backbone, detector.head, svms.weights, svms.biases, svms.feature_scale,
                       f"trained: {work.root} ({info.config.backbone} width {info.config.width}, "
-                      f"weights {backbone.weights_source}, SVMs on {'pool5' if detector.head is None else 'fc7'})")
+                      f"weights {backbone.weights_source}, SVMs on {layer})",
+                      detector.fc7_weight if layer == "pool5+fc7" else None)

@@ -19,14 +19,16 @@ from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
 from sppdet.data.voc import write_split
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
                                   expand_inputs, rebuild_trunk)
-from sppdet.detector import detect_split
+from sppdet.detector import Detector, detect_split
 from sppdet.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError
 from sppdet.extract_stage import features_dir, features_info, prepare_extract, run_extract
-from sppdet.finetune_stage import run_finetune
+from sppdet.finetune_stage import finetuned_head, run_finetune
+from sppdet.head import fc7_features
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.store import WorkDir
-from sppdet.svm_stage import run_train_svm
+from sppdet.svm_stage import BALANCE_IMAGES, BALANCE_WINDOWS, run_train_svm
+from sppdet.window_source import WindowSource
 from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")
@@ -145,6 +147,37 @@ def trained(tmp_path_factory):
     alpha[:10] = 0
     cv2.imwrite(str(new / "rgba.png"), np.concatenate([image, alpha], axis=2))
     return work, root, new
+
+
+def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
+    """--layer pool5+fc7: fc7 weighted by the mean-norm ratio of a seeded sample (loop reference),
+    and the detector scores [pool5, weight * fc7] with the saved SVMs."""
+    work, _, new = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    workdir = WorkDir(copy)
+    run_train_svm(workdir, "trainval", SvmConfig(layer="pool5+fc7", seed=3))
+    record = workdir.config()["stages"]["train-svm"]
+    source = WindowSource(workdir, "trainval")
+    head, _ = finetuned_head(workdir, source.feature_hash, source.dim)
+    rng, pool5_norms, fc7_norms = np.random.default_rng(3), [], []
+    for image_id in rng.permutation(source.image_ids)[:BALANCE_IMAGES]:
+        proposals = source.proposals(image_id)
+        chosen = proposals[rng.permutation(len(proposals))[:BALANCE_WINDOWS]]
+        for row in source.pool(image_id, chosen):
+            pool5_norms.append(np.linalg.norm(row))
+            fc7_norms.append(np.linalg.norm(fc7_features(head, row[None])[0]))
+    assert record["layer"] == "pool5+fc7"
+    assert record["fc7_weight"] == pytest.approx(np.mean(pool5_norms) / np.mean(fc7_norms), rel=1e-4)
+    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim)
+    image_id = source.image_ids[0]
+    pooled = source.pool(image_id, source.proposals(image_id))
+    features = np.concatenate([pooled, record["fc7_weight"] * fc7_features(head, pooled)], axis=1)
+    assert detector.svms.weights.shape[0] == source.dim + 32
+    expected = features * detector.svms.feature_scale @ detector.svms.weights + detector.svms.biases
+    np.testing.assert_allclose(detector.score(pooled), expected, rtol=1e-4, atol=1e-4)
+    run = detect_files(ImageDetector(copy, device="cpu"), [new / "gray.png"])
+    assert run.errors == [] and np.isfinite(run.results[0].scores).all()
 
 
 def _cache_mtimes(folder):

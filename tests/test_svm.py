@@ -10,6 +10,8 @@ from sklearn.svm import LinearSVC
 
 from sppdet.config import SvmConfig
 from sppdet.errors import ModelError
+from sppdet.head import FcHead, fc7_features
+from sppdet.svm_stage import svm_features
 from sppdet.svm import (
     HardNegativeMiner,
     SvmModel,
@@ -141,6 +143,18 @@ def test_extra_positive_boxes_match_a_loop_reference():
     assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
     none = extra_positive_boxes(gt[:0], gt_labels[:0], difficult[:0], proposals, 0.7, 3, np.random.default_rng(0))
     assert none[0].shape == (0, 4)
+
+
+def test_svm_features_of_each_layer():
+    head = FcHead(6, (4, 3), 2)
+    pooled = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    fc7 = fc7_features(head, pooled)
+    assert svm_features("pool5", pooled, head) is pooled
+    np.testing.assert_array_equal(svm_features("fc7", pooled, head), fc7)
+    both = svm_features("pool5+fc7", pooled, head, 2.5)
+    assert both.shape == (5, 9)
+    np.testing.assert_array_equal(both[:, :6], pooled)
+    np.testing.assert_allclose(both[:, 6:], 2.5 * fc7, rtol=1e-6)
 
 
 def test_feature_scale_gives_mean_norm_20():
