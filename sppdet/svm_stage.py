@@ -10,8 +10,9 @@ model's feature hash, so SVMs trained on one head refuse to score another's feat
 ``--layer pool5+fc7`` (beyond the paper, in the spirit of its model combination, SPEC 12): each
 window's pool5 vector and its fc7 vector side by side, fc7 multiplied by the ratio of their mean
 norms (measured on random proposals, kept in the stage record) so neither part dominates. On the
-demo's models of 2026-12-01 (no box regression, test mAP): pool5 0.728, fc7 0.716, pool5+fc7
-0.744; the sum of the pool5 and fc7 SVMs' scores 0.743.
+demo's models of 2026-12-01 (C 0.005, 4 extra positives, no box regression, test mAP): pool5
+0.728, fc7 0.716, pool5+fc7 0.745 (0.763 vs 0.746 with box regression); on a second trunk
+(seed 1) pool5 0.680, pool5+fc7 0.705. The sum of separate pool5 and fc7 SVMs' scores: 0.743.
 Output: ``svm-<hash>/svm.npz``. ``method`` ("spp" or "rcnn", ``sppdet.methods``) picks the window
 features, the fine-tuned head and the ``config.json`` record (``train-svm`` or ``train-svm:rcnn``).
 ``extra_positives`` (beyond R-CNN, whose positives are the ground-truth boxes only): up to that
