@@ -47,8 +47,7 @@ class Detector:
     head: FcHead | None
     regressors: BboxRegressor | None
     config: DetectConfig = DetectConfig()
-    layer: str = ""  # what the SVMs read (sppdet.svm_stage.svm_features); "": fc7 with a head, else pool5
-    fc7_weight: float = 1.0  # the fc7 part's factor for layer "pool5+fc7"
+    layer: str = "pool5"  # what the SVMs read (sppdet.svm_stage.svm_features): pool5, fc7 or pool5+fc7
 
     @classmethod
     def from_workdir(cls, workdir: WorkDir, feature_hash: str, in_dim: int,
@@ -64,12 +63,16 @@ class Detector:
             svm_hash = f"{feature_hash}:{layer}:{head_id}"
         svms = trained_svms(workdir, svm_hash, method)
         regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
-        return cls(svms.class_names, svms, head, regressors, config, layer, record.get("fc7_weight") or 1.0)
+        return cls(svms.class_names, svms, head, regressors, config, layer)
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
         """SVM scores float32 [R, K] of pooled windows [R, D]."""
-        layer = self.layer or ("fc7" if self.head is not None else "pool5")
-        return self.svms.scores(svm_features(layer, pooled, self.head, self.fc7_weight))
+        return self.svms.scores(svm_features(self.layer, pooled, self.head, self.fc7_weight))
+
+    @property
+    def fc7_weight(self) -> float:
+        """The fc7 part's factor for layer "pool5+fc7", saved with the SVMs (1 otherwise)."""
+        return float(self.svms.metadata.get("fc7_weight", 1.0))
 
     def detect(self, pooled: np.ndarray, windows: np.ndarray, image_hw: tuple[int, int]):
         """Detections of one image: (boxes float32 [N, 4], scores float32 [N], labels int64 [N]

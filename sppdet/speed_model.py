@@ -72,8 +72,7 @@ def trained_model(workdir: str | os.PathLike | WorkDir | None) -> SpeedModel | N
     detector = Detector.from_workdir(work, pooled_feature_hash(work.stage_hash(folder), LEVELS),
                                      pooled_dim(info.channels, LEVELS), DetectConfig(bbox_reg=False))
     svms = detector.svms
-    layer = detector.layer or ("pool5" if detector.head is None else "fc7")
     return SpeedModel(backbone, detector.head, svms.weights, svms.biases, svms.feature_scale,
                       f"trained: {work.root} ({info.config.backbone} width {info.config.width}, "
-                      f"weights {backbone.weights_source}, SVMs on {layer})",
-                      detector.fc7_weight if layer == "pool5+fc7" else None)
+                      f"weights {backbone.weights_source}, SVMs on {detector.layer})",
+                      detector.fc7_weight if detector.layer == "pool5+fc7" else None)

@@ -229,12 +229,13 @@ def _suppress_overlapping(boxes: np.ndarray, scores: np.ndarray, threshold: floa
 def train_svms(positive_features, positive_labels, images: Iterable[ImageWindows],
                class_names: Sequence[str], config: SvmConfig = SvmConfig(), *,
                feature_scale: float | None = None, feature_hash: str = "",
-               progress: Progress | None = None) -> tuple[SvmModel, list[SvmClassReport]]:
+               progress: Progress | None = None,
+               metadata: dict | None = None) -> tuple[SvmModel, list[SvmClassReport]]:
     """Train K = ``len(class_names)`` SVMs with one hard-negative mining pass over ``images``.
 
     ``positive_features`` ``[P, D]`` / ``positive_labels`` ``[P]`` from :func:`collect_positives`;
     ``feature_hash`` identifies the features (checked by :meth:`SvmModel.load`); ``progress`` is
-    called once per image with the number of cached negatives.
+    called once per image with the number of cached negatives; ``metadata`` is saved with the model.
     """
     progress = progress or no_progress
     miner = HardNegativeMiner(positive_features, positive_labels, len(class_names), config,
@@ -245,7 +246,7 @@ def train_svms(positive_features, positive_labels, images: Iterable[ImageWindows
     if miner.feature_scale is None or not miner.images_seen:
         raise ModelError("no windows to mine negatives from; check the split and its proposals")
     reports = miner.finish(class_names)
-    metadata = {"config": dataclasses.asdict(config), "feature_hash": feature_hash,
+    metadata = {**(metadata or {}), "config": dataclasses.asdict(config), "feature_hash": feature_hash,
                 "reports": [dataclasses.asdict(r) for r in reports]}
     model = SvmModel(miner.weights.copy(), miner.biases.copy(), float(miner.feature_scale),
                      tuple(class_names), metadata)

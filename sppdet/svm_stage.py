@@ -9,7 +9,7 @@ R-CNN's way on random proposals of random images before mining.
 model's feature hash, so SVMs trained on one head refuse to score another's features.
 ``--layer pool5+fc7`` (beyond the paper, in the spirit of its model combination, SPEC 12): each
 window's pool5 vector and its fc7 vector side by side, fc7 multiplied by the ratio of their mean
-norms (measured on random proposals, kept in the stage record) so neither part dominates. On the
+norms (measured on random proposals, saved with the model) so neither part dominates. On the
 demo's models of 2026-12-01 (C 0.005, 4 extra positives, no box regression, test mAP): pool5
 0.728, fc7 0.716, pool5+fc7 0.745 (0.763 vs 0.746 with box regression); on a second trunk
 (seed 1) pool5 0.680, pool5+fc7 0.705. The sum of separate pool5 and fc7 SVMs' scores: 0.743.
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,16 +90,14 @@ def _balance_weight(source: WindowSource, head, seed: int) -> float:
     return float(norms[0] / norms[1])
 
 
-def layer_transform(workdir: WorkDir, source: WindowSource, layer: str, seed: int = 0):
-    """(pooled -> features function or None, feature hash, fc7 weight or None) for ``layer``."""
+def layer_head(workdir: WorkDir, source: WindowSource, layer: str):
+    """(the fine-tuned head ``layer`` reads, None for pool5; the SVMs' feature hash)."""
     if layer not in LAYERS:
         raise ConfigError(f"--layer {layer!r}: choose one of {', '.join(LAYERS)}")
     if layer == "pool5":
-        return None, f"{source.feature_hash}:pool5", None
+        return None, f"{source.feature_hash}:pool5"
     head, head_id = finetuned_head(workdir, source.feature_hash, source.dim, source.method)
-    weight = _balance_weight(source, head, seed) if layer == "pool5+fc7" else None
-    return ((lambda pooled: svm_features(layer, pooled, head, weight)),
-            f"{source.feature_hash}:{layer}:{head_id}", weight)
+    return head, f"{source.feature_hash}:{layer}:{head_id}"
 
 
 def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig = SvmConfig(),
@@ -109,20 +108,18 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
     ``progress`` advances once per image of each of the two passes."""
     start = time.perf_counter()
     source = WindowSource(workdir, split, data_root, levels=levels, method=method)
-    transform, feature_hash, fc7_weight = layer_transform(workdir, source, config.layer, config.seed)
+    head, feature_hash = layer_head(workdir, source, config.layer)
     folder = workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
     path = folder / MODEL_FILE
     reports: list[SvmClassReport] = []
     if not path.is_file():
-        empty = source.proposals(source.image_ids[0])[:0]
+        fc7_weight = _balance_weight(source, head, config.seed) if config.layer == "pool5+fc7" else 1.0
+        transform = None if head is None else partial(svm_features, config.layer, head=head, fc7_weight=fc7_weight)
 
         def positives():
             for index, image_id in enumerate(source.image_ids):
                 progress(1)
-                if config.extra_positives:
-                    yield _positive_windows(source, image_id, index, transform, config)
-                else:
-                    yield image_windows(source, image_id, transform, empty, config.use_difficult)
+                yield _positive_windows(source, image_id, index, transform, config)
 
         pos_features, pos_labels = collect_positives(positives())
         scale = sample_feature_scale(source, config.target_norm, transform, seed=config.seed)
@@ -132,25 +129,27 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
                 yield image_windows(source, image_id, transform, None, config.use_difficult)
 
         model, reports = train_svms(pos_features, pos_labels, everything(), source.classes, config,
-                                    feature_scale=scale, feature_hash=feature_hash, progress=progress)
+                                    feature_scale=scale, feature_hash=feature_hash, progress=progress,
+                                    metadata={"fc7_weight": fc7_weight})
         model.save(path)
     else:
         progress(2 * len(source.image_ids))
     workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
                                                     "model": str(path.relative_to(workdir.root)),
                                                     "layer": config.layer, "feature_hash": feature_hash,
-                                                    "levels": list(source.levels), "config": config,
-                                                    "fc7_weight": fc7_weight})
+                                                    "levels": list(source.levels), "config": config})
     return SvmSummary(folder, bool(reports), reports, time.perf_counter() - start)
 
 
 def _positive_windows(source: WindowSource, image_id: str, index: int, transform, config: SvmConfig):
-    """The ground-truth rows of one image plus its extra positives, the latter posing as
-    ground-truth rows of their object's class (this pass pools no other proposals)."""
+    """The ground-truth rows of one image plus its extra positives (if any), the latter posing as
+    ground-truth rows of their object's class; this pass pools no other proposals."""
     gt_boxes, gt_labels, difficult = source.ground_truth(image_id)
-    boxes, labels = extra_positive_boxes(gt_boxes, gt_labels, difficult, source.proposals(image_id),
-                                         config.extra_positive_iou, config.extra_positives,
-                                         np.random.default_rng([config.seed, index]))
+    boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    if config.extra_positives:
+        boxes, labels = extra_positive_boxes(gt_boxes, gt_labels, difficult, source.proposals(image_id),
+                                             config.extra_positive_iou, config.extra_positives,
+                                             np.random.default_rng([config.seed, index]))
     all_boxes = np.concatenate([gt_boxes, boxes])
     pooled = source.pool(image_id, all_boxes)
     features = transform(pooled) if transform is not None else pooled

@@ -159,6 +159,8 @@ def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
     run_train_svm(workdir, "trainval", SvmConfig(layer="pool5+fc7", seed=3))
     record = workdir.config()["stages"]["train-svm"]
     source = WindowSource(workdir, "trainval")
+    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim)
+    detector_weight = detector.fc7_weight
     head, _ = finetuned_head(workdir, source.feature_hash, source.dim)
     rng, pool5_norms, fc7_norms = np.random.default_rng(3), [], []
     for image_id in rng.permutation(source.image_ids)[:BALANCE_IMAGES]:
@@ -168,11 +170,10 @@ def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
             pool5_norms.append(np.linalg.norm(row))
             fc7_norms.append(np.linalg.norm(fc7_features(head, row[None])[0]))
     assert record["layer"] == "pool5+fc7"
-    assert record["fc7_weight"] == pytest.approx(np.mean(pool5_norms) / np.mean(fc7_norms), rel=1e-4)
-    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim)
+    assert detector_weight == pytest.approx(np.mean(pool5_norms) / np.mean(fc7_norms), rel=1e-4)
     image_id = source.image_ids[0]
     pooled = source.pool(image_id, source.proposals(image_id))
-    features = np.concatenate([pooled, record["fc7_weight"] * fc7_features(head, pooled)], axis=1)
+    features = np.concatenate([pooled, detector_weight * fc7_features(head, pooled)], axis=1)
     assert detector.svms.weights.shape[0] == source.dim + 32
     expected = features * detector.svms.feature_scale @ detector.svms.weights + detector.svms.biases
     np.testing.assert_allclose(detector.score(pooled), expected, rtol=1e-4, atol=1e-4)
