@@ -44,12 +44,15 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
               help="Detections kept per class per image (paper: 100).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="COCO-style results file (default: OUT/detections.json).")
+@click.option("--flip-test", is_flag=True,
+              help="Test-time flipping: average each window's SVM scores and box deltas over the "
+                   "image and its left-right mirror image (twice the conv work per new image).")
 @method_option
 @device_option
 @quiet_option
 @click.pass_context
-def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, method, device,
-           quiet):
+def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, flip_test, method,
+           device, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
     IMAGE|DIR|GLOB: image files, folders (their images) or quoted patterns such as
@@ -62,7 +65,7 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
     """
     out = Path(out_dir) if out_dir else WorkDir(workdir).root / "detections"
     json_file = Path(json_path) if json_path else out / "detections.json"
-    config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold)
+    config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, flip_test=flip_test)
     with library_errors():
         paths = expand_inputs(inputs)
         detector = ImageDetector(workdir, config, device, method)

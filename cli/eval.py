@@ -51,10 +51,13 @@ def _table(result: EvalResult, split: str) -> Table:
 @click.option("--bbox-reg/--no-bbox-reg", default=True, show_default=True,
               help="Refine the scored windows with the trained box regressors (when train-bbox "
                    "ran); --no-bbox-reg scores them unrefined (the paper's rows without \"bb\").")
+@click.option("--flip-test", is_flag=True,
+              help="Test-time flipping: average each window's SVM scores and box deltas over the "
+                   "image and its left-right mirror image (needs sppdet extract --flip on the split).")
 @method_option
 @quiet_option
 def eval_command(workdir, data_root, split, metric, iou_threshold, detections_path, json_path,
-                 plots_dir, bbox_reg, method, quiet):
+                 plots_dir, bbox_reg, flip_test, method, quiet):
     """Score detections on a split with the Pascal VOC devkit's rules.
 
     Prints AP, positives and detections per class, then the mAP. Without --detections, runs the
@@ -71,7 +74,7 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
             annotations = load_ground_truth(root, split, progress=advance)
         if detections_path is None:
             with progress_bar(len(image_ids), "detect", quiet) as advance:
-                detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg),
+                detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg, flip_test=flip_test),
                                           data_root=data_root, progress=advance, method=method)
             folder = WorkDir(workdir).root / ("results" if method == "spp" else f"results-{method}")
             write_devkit_results(folder, split, detections, classes)

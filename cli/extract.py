@@ -14,7 +14,7 @@ from sppdet.extract_stage import prepare_extract, run_extract
 from sppdet.rcnn import CONTEXT, CROP_SIZE
 from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
 
-SPP_ONLY = ("scales", "target")
+SPP_ONLY = ("scales", "target", "flip")
 RCNN_ONLY = ("crop_size", "context", "batch")
 
 
@@ -40,6 +40,9 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
               help="Pool each window at the scale where it is closest to TARGET x TARGET px "
                    "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
                    "trunk (96 for its 64 px crops), else 224.")
+@click.option("--flip", is_flag=True,
+              help="Also cache the features of each image's left-right mirror image, for "
+                   "test-time flipping (sppdet eval / detect --flip-test); twice the conv work.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @method_option
 @click.option("--crop-size", type=click.IntRange(min=1), default=CROP_SIZE, show_default=True,
@@ -54,7 +57,7 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 @shard_option
 @quiet_option
 @click.pass_context
-def extract(ctx, split, backbone, width, weights, scales, target, seed, method, crop_size, context,
+def extract(ctx, split, backbone, width, weights, scales, target, flip, seed, method, crop_size, context,
             batch, device, workdir, data_root, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
@@ -80,7 +83,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, seed, method, 
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
-                              shard=shard, target=target)
+                              shard=shard, target=target, flip=flip)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None

@@ -42,14 +42,20 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "positives (R-CNN: 0, ground truth only; helps with few objects per class).")
 @click.option("--extra-positive-iou", type=click.FloatRange(0.5, 1.0), default=DEFAULTS.extra_positive_iou,
               show_default=True, help="Least IoU with its object for an extra positive.")
+@click.option("--augment-positives", default="", metavar="flip,rot90,channels",
+              callback=lambda ctx, param, value: tuple(p.strip() for p in value.split(",") if p.strip()),
+              help="Each object also gives its flipped / quarter-turned / recoloured copies as "
+                   "positives (pooled from chips of the image through the features' trunk). Add "
+                   "rot90 and channels only when a class stays itself when turned or recoloured "
+                   "(the demo's shapes), not for VOC. Default: none (R-CNN).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--levels", default=None, metavar="1,2,3,6", callback=_parse_levels,
               help="Pyramid levels the windows are pooled with (default 1,2,3,6; e.g. 6 alone for "
                    "the paper's single-level ablation, with --layer pool5); eval and detect follow.")
 @method_option
 @quiet_option
-def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positive_iou, seed, levels,
-              method, quiet):
+def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positive_iou, augment_positives,
+              seed, levels, method, quiet):
     """Train one linear SVM per class with R-CNN's hard-negative mining.
 
     Positives are ground-truth boxes, negatives proposals with IoU < 0.3 to every box of the class;
@@ -58,7 +64,8 @@ def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positi
     Example: sppdet train-svm --layer fc7
     """
     config = SvmConfig(layer=layer, C=c, extra_positives=extra_positives,
-                       extra_positive_iou=extra_positive_iou, seed=seed)
+                       extra_positive_iou=extra_positive_iou, augment_positives=augment_positives,
+                       seed=seed)
     with library_errors():
         work = WorkDir(workdir)
         images = len(WindowSource(work, split, data_root, levels=levels, method=method).image_ids)

@@ -82,6 +82,15 @@ def clip(boxes, height: float, width: float) -> np.ndarray:
     return b
 
 
+def mirror_boxes(boxes, width: float) -> np.ndarray:
+    """``boxes`` ``[N, 4]`` of an image ``width`` pixels wide, moved to its left-right mirror
+    image (``image[:, ::-1]``): x1' = width - x2, x2' = width - x1. Float inputs keep their dtype
+    (others become float32)."""
+    b = np.asarray(boxes)
+    b = (b if np.issubdtype(b.dtype, np.floating) else b.astype(np.float32)).reshape(-1, 4)
+    return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1).astype(b.dtype)
+
+
 def valid(boxes, min_size: float = 0.0) -> np.ndarray:
     """Boolean mask ``[N]`` of boxes at least ``min_size`` wide and high, and non-empty."""
     b = as_boxes(boxes)

@@ -48,6 +48,7 @@ class SvmConfig:
     use_difficult: bool = True  # difficult ground-truth boxes are positives (R-CNN: yes)
     extra_positives: int = 0  # per object, proposals with IoU >= extra_positive_iou also positives (R-CNN: 0)
     extra_positive_iou: float = 0.7  # (sppdet.svm_stage; only with extra_positives > 0)
+    augment_positives: tuple[str, ...] = ()  # copies of each object: flip, rot90, channels (sppdet.augmented_windows)
     tol: float = 1e-3  # liblinear stopping tolerance (R-CNN's liblinear 1.94 default: 0.1)
     max_iter: int = 1000  # liblinear iteration cap (liblinear default: 1000)
     seed: int = 0  # liblinear's coordinate order
@@ -95,6 +96,7 @@ class DetectConfig:
     top_k: int = 100  # boxes kept per class per image (paper: 100)
     score_threshold: float = -1.0  # SVM scores below this are dropped before NMS (R-CNN keeps all)
     bbox_reg: bool = True  # refine boxes with the trained regressors when present
+    flip_test: bool = False  # average scores and box deltas over each image and its mirror image (sppdet.detector)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sppdet.backbones import Backbone, resolve_device
+from sppdet.backbones import resolve_device
+from sppdet.boxes import mirror_boxes
 from sppdet.config import DetectConfig, ProposeConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
 from sppdet.detector import Detector, require_trained
@@ -62,14 +63,14 @@ from sppdet.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluate import Detections
 from sppdet.extract_stage import STAGE as EXTRACT_STAGE
-from sppdet.extract_stage import FeaturesInfo, feature_trunk
+from sppdet.extract_stage import rebuild_trunk
 from sppdet.features import compute_features, load_feature_file, save_feature_file
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.propose_stage import STAGE as PROPOSE_STAGE
 from sppdet.propose_stage import read_valid
 from sppdet.proposals import selective_search
-from sppdet.rcnn_stage import RcnnInfo, cached_rcnn_features
+from sppdet.rcnn_stage import cached_rcnn_features
 from sppdet.results_io import write_coco_json
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.window_source import method_features, pooled_feature_hash
@@ -194,17 +195,6 @@ def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
                            "(then extract, finetune, train-svm, train-bbox) again") from None
 
 
-def rebuild_trunk(workdir: WorkDir, folder: Path, info: FeaturesInfo | RcnnInfo,
-                  stage: str = EXTRACT_STAGE) -> Backbone:
-    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
-    ``rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of the ``stage`` record
-    (:func:`sppdet.extract_stage.feature_trunk` checks it)."""
-    record = workdir.config().get("stages", {}).get(stage) or {}
-    source = record.get("weights_source") if record.get("folder") == folder.name else None
-    return feature_trunk(folder, info, source,
-                         "re-run sppdet extract, finetune, train-svm and train-bbox")
-
-
 class ImageDetector:
     """A trained work directory ready to run on image files (models and trunk loaded once).
 
@@ -218,6 +208,8 @@ class ImageDetector:
         work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
         levels = tuple(require_trained(work, method).get("levels") or LEVELS)
         self.method = method
+        if config.flip_test and method != DEFAULT_METHOD:
+            raise ConfigError("--flip-test needs the SPP features, not --method rcnn")
         self.propose_config = recorded_propose_config(work)
         self.features_folder, self.info = method_features(work, method)
         if method != DEFAULT_METHOD:
@@ -243,8 +235,10 @@ class ImageDetector:
         atomic_save_npy(path, boxes)
         return boxes, True
 
-    def _features(self, bgr: np.ndarray, key: str, image: Path) -> tuple[list, np.ndarray, bool]:
-        path = self.cache_folder / f"{key}.npz"
+    def _features(self, bgr: np.ndarray, key: str, image: Path,
+                  mirrored: bool = False) -> tuple[list, np.ndarray, bool]:
+        """(maps, scale factors, whether they were computed) of ``bgr`` or of its mirror image."""
+        path = self.cache_folder / (f"{key}.mirrored.npz" if mirrored else f"{key}.npz")
         scales = self.info.config.scales
         try:
             cached = load_feature_file(path) if path.is_file() else None
@@ -255,24 +249,28 @@ class ImageDetector:
                 and tuple(cached.image_hw) == bgr.shape[:2]):
             return cached.maps, cached.scale_factors, False
         try:
-            maps, factors = compute_features(self.backbone, bgr, scales, self.device)
+            maps, factors = compute_features(self.backbone, np.ascontiguousarray(bgr[:, ::-1]) if mirrored else bgr,
+                                             scales, self.device)
         except ModelError as exc:
             raise ModelError(f"{image}: {exc}") from None
         save_feature_file(path, maps, factors, bgr.shape[:2])
         return maps, factors, True
 
-    def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray):
-        """(pooled float32 [P, D] of ``proposals`` [P, 4], whether anything was computed)."""
+    def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray,
+                mirrored: bool = False):
+        """(pooled float32 [P, D] of ``proposals`` [P, 4], whether anything was computed); with
+        ``mirrored``, the proposals seen in the mirror image, pooled from its features."""
         if self.method != DEFAULT_METHOD:
             try:
                 return cached_rcnn_features(self.cache_folder / f"{key}.rcnn.npy", self.backbone, bgr,
                                             proposals, self.info.config, self.device)
             except ModelError as exc:
                 raise ModelError(f"{image}: {exc}") from None
-        maps, factors, computed = self._features(bgr, key, image)
+        maps, factors, computed = self._features(bgr, key, image, mirrored)
         if not len(proposals):
             return np.zeros((0, self.dim), np.float32), computed
-        return pool_windows(maps, factors, proposals, self.info.stride, self.info.offset, self.levels,
+        windows = mirror_boxes(proposals, bgr.shape[1]) if mirrored else proposals
+        return pool_windows(maps, factors, windows, self.info.stride, self.info.offset, self.levels,
                             target=self.info.config.target, device=self.device).cpu().numpy(), computed
 
     def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
@@ -285,9 +283,13 @@ class ImageDetector:
         key = file_hash(path, chars=KEY_CHARS)
         proposals, new_proposals = self._proposals(bgr, key)
         pooled, new_features = self._pooled(bgr, key, path, proposals)
-        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2])
+        mirrored, new_mirrored = None, False
+        if self.detector.config.flip_test:
+            mirrored, new_mirrored = self._pooled(bgr, key, path, proposals, mirrored=True)
+        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2], mirrored)
         return bgr, ImageResult(path, path.stem, bgr.shape[:2], boxes, scores, labels,
-                                new_proposals or new_features, time.perf_counter() - start, None)
+                                new_proposals or new_features or new_mirrored, time.perf_counter() - start,
+                                None)
 
 
 def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],

@@ -21,7 +21,7 @@ import torch
 from sppdet.backbones import Backbone, build_backbone
 from sppdet.config import DetectConfig
 from sppdet.data import synth
-from sppdet.detect_images import rebuild_trunk
+from sppdet.extract_stage import rebuild_trunk
 from sppdet.detector import Detector
 from sppdet.extract_stage import features_dir, features_info
 from sppdet.head import FcHead

@@ -105,3 +105,14 @@ def test_encode_matches_formula_and_round_trips():
 def test_decode_clamps_huge_deltas():
     out = B.decode_deltas([[0, 0, 10, 10]], [[0, 0, 1e6, 1e6]])
     assert np.isfinite(out).all()
+
+
+def test_mirror_boxes():
+    """Pixel columns x1..x2-1 of a width-41 image land on 41-x2..40-x1 (the mask check of every
+    flip and turn is tests/test_augmented_windows.py)."""
+    np.testing.assert_array_equal(B.mirror_boxes([[3, 5, 10, 9]], 41), [[31, 5, 38, 9]])
+    assert B.mirror_boxes([[3, 5, 10, 9]], 41).dtype == np.float32
+    boxes = np.random.default_rng(4).uniform(0, 40, (6, 4))
+    assert B.mirror_boxes(boxes, 41).dtype == np.float64
+    np.testing.assert_allclose(B.mirror_boxes(B.mirror_boxes(boxes, 41), 41), boxes)
+    assert B.mirror_boxes(np.zeros((0, 4)), 41).shape == (0, 4)

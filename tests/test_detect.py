@@ -18,15 +18,22 @@ from sppdet.bbox_stage import run_train_bbox
 from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
 from sppdet.data.voc import write_split
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
-                                  expand_inputs, rebuild_trunk)
+                                  expand_inputs)
 from sppdet.detector import Detector, detect_split
+from sppdet.boxes import mirror_boxes
+from sppdet.features import compute_features
+from sppdet.spp import pool_windows
 from sppdet.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
-from sppdet.errors import ConfigError, DatasetError, ModelError
-from sppdet.extract_stage import features_dir, features_info, prepare_extract, run_extract
+from sppdet.errors import ConfigError, DatasetError, ModelError, WorkdirError
+from sppdet.extract_stage import (feature_path, features_dir, features_info, prepare_extract, rebuild_trunk,
+                                  run_extract)
 from sppdet.finetune_stage import finetuned_head, run_finetune
 from sppdet.head import fc7_features
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.store import WorkDir
+from sppdet import svm_stage
+from sppdet.augmented_windows import augmented_windows
+from sppdet.data.images import load_bgr
 from sppdet.svm_stage import BALANCE_IMAGES, BALANCE_WINDOWS, run_train_svm
 from sppdet.window_source import WindowSource
 from scenes import shape_scene, write_scene_dataset
@@ -179,6 +186,106 @@ def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
     np.testing.assert_allclose(detector.score(pooled), expected, rtol=1e-4, atol=1e-4)
     run = detect_files(ImageDetector(copy, device="cpu"), [new / "gray.png"])
     assert run.errors == [] and np.isfinite(run.results[0].scores).all()
+
+
+def test_augmented_positives_add_copies_of_each_object(trained, tmp_path):
+    """--augment-positives flip,rot90: each positive object adds its 7 copies, pooled as
+    sppdet.augmented_windows pools them; unknown names and --method rcnn are refused up front."""
+    work, _, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    workdir = WorkDir(copy)
+    plain = run_train_svm(workdir, "trainval", SvmConfig(layer="pool5"))
+    augmented = run_train_svm(workdir, "trainval", SvmConfig(layer="pool5", augment_positives=("flip", "rot90")))
+    assert augmented.folder != plain.folder
+    assert [r.positives for r in augmented.reports] == [8 * r.positives for r in plain.reports]
+    source = WindowSource(workdir, "trainval")
+    windows = svm_stage._positive_windows(source, source.image_ids[0], 0, None,
+                                          SvmConfig(layer="pool5", augment_positives=("flip",)),
+                                          rebuild_trunk(workdir, source.features_folder, source.info))
+    gt_boxes, gt_labels, _ = source.ground_truth(source.image_ids[0])
+    expected, _ = augmented_windows(rebuild_trunk(workdir, source.features_folder, source.info),
+                                    load_bgr(source.dataset.image_path(source.image_ids[0])), gt_boxes[gt_labels > 0],
+                                    source.info.config.scales, ("flip",), np.random.default_rng(0),
+                                    source.info.config.target)
+    np.testing.assert_allclose(windows.features[-len(expected):], expected, rtol=1e-6)
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(ConfigError, match="--augment-positives shear"):
+        run_train_svm(workdir, "trainval", SvmConfig(layer="pool5", augment_positives=("shear",)))
+    assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_extract_flip_caches_the_mirror_images_features(trained, tmp_path):
+    work, root, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    workdir = WorkDir(copy)
+    job = prepare_extract(copy, split="trainval", flip=True, **TINY)
+    before = {p.name: p.stat().st_mtime_ns for p in job.folder.glob("*.npz")}
+    summary = run_extract(job)
+    assert summary.computed == len(job.image_ids)  # only the mirror images were missing
+    assert {p.name: p.stat().st_mtime_ns for p in job.folder.glob("*.npz")} == before
+    assert run_extract(job).computed == 0
+    image_id = job.image_ids[0]
+    bgr = cv2.imread(str(job.dataset.image_path(image_id)))
+    mirrored = np.load(feature_path(job.folder, image_id, mirrored=True))
+    maps, _ = compute_features(job.backbone, np.ascontiguousarray(bgr[:, ::-1]), TINY["scales"])
+    np.testing.assert_array_equal(mirrored["map_0"], maps[0])
+    source = WindowSource(workdir, "trainval")
+    proposals = source.proposals(image_id)
+    expected = pool_windows(maps, mirrored["scale_factors"], mirror_boxes(proposals, bgr.shape[1]),
+                            source.info.stride, source.info.offset).numpy()
+    np.testing.assert_array_equal(source.pool(image_id, proposals, mirrored=True), expected)
+
+
+def test_flip_test_detections_mirror_with_the_image(trained, tmp_path):
+    """With test-time flipping the detector treats an image and its mirror image alike: scoring
+    the mirror (its windows mirrored, the two views swapped) gives the same scores and mirrored
+    boxes; and detect_split averages the two views' scores."""
+    work, _, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    workdir = WorkDir(copy)
+    run_extract(prepare_extract(copy, split="trainval", flip=True, **TINY))
+    source = WindowSource(workdir, "trainval")
+    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim,
+                                     DetectConfig(score_threshold=-5.0))
+    image_id = source.image_ids[0]
+    annotation = source.dataset.annotation(image_id)
+    hw = (annotation.height, annotation.width)
+    windows = source.proposals(image_id)
+    pooled, mirrored = source.pool(image_id, windows), source.pool(image_id, windows, mirrored=True)
+    boxes, scores, labels = detector.detect(pooled, windows, hw, mirrored)
+    boxes_m, scores_m, labels_m = detector.detect(mirrored, mirror_boxes(windows, hw[1]), hw, pooled)
+    np.testing.assert_allclose(scores_m, scores, rtol=1e-6)
+    np.testing.assert_array_equal(labels_m, labels)
+    np.testing.assert_allclose(mirror_boxes(boxes_m, hw[1]), boxes, atol=1e-3)
+    plain = detector.detect(pooled, windows, hw)
+    assert not np.array_equal(plain[1], scores)
+    assert set(np.round(scores, 4)) <= set(np.round((detector.score(pooled) + detector.score(mirrored)).ravel() / 2, 4))
+    both = detect_split(workdir, "trainval", DetectConfig(flip_test=True))
+    assert both.scores.size and np.isfinite(both.scores).all()
+
+
+def test_flip_test_without_mirror_features_says_what_to_run(trained):
+    work, _, _ = trained
+    with pytest.raises(WorkdirError, match="extract --flip"):
+        detect_split(WorkDir(work), "trainval", DetectConfig(flip_test=True))
+
+
+def test_image_detector_flip_test_caches_both_views(trained, tmp_path):
+    work, _, new = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    detector = ImageDetector(copy, DetectConfig(flip_test=True, score_threshold=-5.0), device="cpu")
+    first = detect_files(detector, [new / "gray.png"]).results[0]
+    assert first.computed and len(list(detector.cache_folder.glob("*.mirrored.npz"))) == 1
+    second = detect_files(detector, [new / "gray.png"]).results[0]
+    assert not second.computed
+    np.testing.assert_array_equal(second.scores, first.scores)
+    plain = detect_files(ImageDetector(copy, DetectConfig(score_threshold=-5.0), device="cpu"),
+                         [new / "gray.png"]).results[0]
+    assert not np.array_equal(plain.scores, first.scores)
 
 
 def _cache_mtimes(folder):

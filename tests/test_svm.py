@@ -2,6 +2,7 @@
 written from SPEC section 8 and R-CNN's rcnn_train.m."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -303,7 +304,7 @@ def test_save_load_round_trip_and_feature_check(data, tmp_path):
     np.testing.assert_array_equal(loaded.weights, model.weights)
     np.testing.assert_array_equal(loaded.biases, model.biases)
     assert loaded.feature_scale == model.feature_scale and loaded.class_names == NAMES
-    assert loaded.metadata["config"] == dataclasses.asdict(SvmConfig())
+    assert loaded.metadata["config"] == json.loads(json.dumps(dataclasses.asdict(SvmConfig())))  # tuples as lists
     with pytest.raises(ModelError, match=r"svm.npz: trained on features abc123, these are ffff.*re-run"):
         SvmModel.load(path, feature_hash="ffff")
     with pytest.raises(ModelError, match="32-d.*64-d"):
