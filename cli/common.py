@@ -17,6 +17,7 @@ from rich.text import Text
 
 from sppdet.errors import ConfigError, SppdetError
 from sppdet.methods import DEFAULT_METHOD, METHODS
+from sppdet.views import check_views
 
 stderr_console = Console(stderr=True)
 stdout_console = Console()
@@ -76,6 +77,20 @@ def method_option(func):
         help="Window features: spp pools each window on the image's conv5 (SPP-net); rcnn warps "
              "each window and runs the trunk on the crop (the R-CNN baseline).",
     )(func)
+
+
+def _parse_views(ctx, param, value: str) -> tuple[str, ...]:
+    try:
+        return check_views([v.strip() for v in value.split(",") if v.strip()])
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+
+
+def tta_option(help_text: str):
+    """``--tta VIEWS``: test-time views of each image (``sppdet.views``), comma-separated."""
+    return click.option("--tta", default="", metavar="hflip[,vflip,rot180]", callback=_parse_views,
+                        help=help_text + " hflip suits natural images; vflip and rot180 only classes "
+                                         "that stay themselves upside down (the demo's shapes).")
 
 
 def device_option(func):

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import (device_option, library_errors, method_option, progress_bar, quiet_option,
-                        stderr_console, stdout_console, workdir_option)
+                        stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
                                   expand_inputs)
@@ -44,14 +44,13 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
               help="Detections kept per class per image (paper: 100).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="COCO-style results file (default: OUT/detections.json).")
-@click.option("--flip-test", is_flag=True,
-              help="Test-time flipping: average each window's SVM scores and box deltas over the "
-                   "image and its left-right mirror image (twice the conv work per new image).")
+@tta_option("Test-time augmentation: average each window's SVM scores and box deltas over the "
+            "image and these views of it (one more conv pass per view and new image).")
 @method_option
 @device_option
 @quiet_option
 @click.pass_context
-def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, flip_test, method,
+def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, tta, method,
            device, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
@@ -65,7 +64,7 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
     """
     out = Path(out_dir) if out_dir else WorkDir(workdir).root / "detections"
     json_file = Path(json_path) if json_path else out / "detections.json"
-    config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, flip_test=flip_test)
+    config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, tta=tta)
     with library_errors():
         paths = expand_inputs(inputs)
         detector = ImageDetector(workdir, config, device, method)

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
-                        split_option, stderr_console, stdout_console, workdir_option)
+                        split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
 from sppdet.detector import detect_split
@@ -51,13 +51,12 @@ def _table(result: EvalResult, split: str) -> Table:
 @click.option("--bbox-reg/--no-bbox-reg", default=True, show_default=True,
               help="Refine the scored windows with the trained box regressors (when train-bbox "
                    "ran); --no-bbox-reg scores them unrefined (the paper's rows without \"bb\").")
-@click.option("--flip-test", is_flag=True,
-              help="Test-time flipping: average each window's SVM scores and box deltas over the "
-                   "image and its left-right mirror image (needs sppdet extract --flip on the split).")
+@tta_option("Test-time augmentation: average each window's SVM scores and box deltas over the "
+            "image and these views of it (needs sppdet extract --tta with them on the split).")
 @method_option
 @quiet_option
 def eval_command(workdir, data_root, split, metric, iou_threshold, detections_path, json_path,
-                 plots_dir, bbox_reg, flip_test, method, quiet):
+                 plots_dir, bbox_reg, tta, method, quiet):
     """Score detections on a split with the Pascal VOC devkit's rules.
 
     Prints AP, positives and detections per class, then the mAP. Without --detections, runs the
@@ -74,7 +73,7 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
             annotations = load_ground_truth(root, split, progress=advance)
         if detections_path is None:
             with progress_bar(len(image_ids), "detect", quiet) as advance:
-                detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg, flip_test=flip_test),
+                detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg, tta=tta),
                                           data_root=data_root, progress=advance, method=method)
             folder = WorkDir(workdir).root / ("results" if method == "spp" else f"results-{method}")
             write_devkit_results(folder, split, detections, classes)

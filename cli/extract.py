@@ -8,13 +8,13 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
-                        quiet_option, shard_option, split_option, stdout_console, workdir_option)
+                        quiet_option, shard_option, split_option, stdout_console, tta_option, workdir_option)
 from sppdet.backbones import BACKBONES
 from sppdet.extract_stage import prepare_extract, run_extract
 from sppdet.rcnn import CONTEXT, CROP_SIZE
 from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
 
-SPP_ONLY = ("scales", "target", "flip")
+SPP_ONLY = ("scales", "target", "tta")
 RCNN_ONLY = ("crop_size", "context", "batch")
 
 
@@ -40,9 +40,8 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
               help="Pool each window at the scale where it is closest to TARGET x TARGET px "
                    "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
                    "trunk (96 for its 64 px crops), else 224.")
-@click.option("--flip", is_flag=True,
-              help="Also cache the features of each image's left-right mirror image, for "
-                   "test-time flipping (sppdet eval / detect --flip-test); twice the conv work.")
+@tta_option("Also cache the features of these views of each image (one conv pass each), for "
+            "sppdet eval / detect --tta.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @method_option
 @click.option("--crop-size", type=click.IntRange(min=1), default=CROP_SIZE, show_default=True,
@@ -57,7 +56,7 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 @shard_option
 @quiet_option
 @click.pass_context
-def extract(ctx, split, backbone, width, weights, scales, target, flip, seed, method, crop_size, context,
+def extract(ctx, split, backbone, width, weights, scales, target, tta, seed, method, crop_size, context,
             batch, device, workdir, data_root, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
@@ -83,7 +82,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, flip, seed, me
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
-                              shard=shard, target=target, flip=flip)
+                              shard=shard, target=target, views=tta)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None

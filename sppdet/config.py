@@ -96,7 +96,7 @@ class DetectConfig:
     top_k: int = 100  # boxes kept per class per image (paper: 100)
     score_threshold: float = -1.0  # SVM scores below this are dropped before NMS (R-CNN keeps all)
     bbox_reg: bool = True  # refine boxes with the trained regressors when present
-    flip_test: bool = False  # average scores and box deltas over each image and its mirror image (sppdet.detector)
+    tta: tuple[str, ...] = ()  # test-time views whose scores and box deltas are averaged in (sppdet.views)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,6 @@ from typing import Sequence
 import numpy as np
 
 from sppdet.backbones import resolve_device
-from sppdet.boxes import mirror_boxes
 from sppdet.config import DetectConfig, ProposeConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
 from sppdet.detector import Detector, require_trained
@@ -73,6 +72,7 @@ from sppdet.proposals import selective_search
 from sppdet.rcnn_stage import cached_rcnn_features
 from sppdet.results_io import write_coco_json
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.views import check_views, view_boxes, view_image
 from sppdet.window_source import method_features, pooled_feature_hash
 from sppdet.store import WorkDir, atomic_save_npy, file_hash
 
@@ -208,8 +208,9 @@ class ImageDetector:
         work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
         levels = tuple(require_trained(work, method).get("levels") or LEVELS)
         self.method = method
-        if config.flip_test and method != DEFAULT_METHOD:
-            raise ConfigError("--flip-test needs the SPP features, not --method rcnn")
+        self.views = check_views(config.tta)
+        if self.views and method != DEFAULT_METHOD:
+            raise ConfigError("--tta needs the SPP features of sppdet extract, not --method rcnn")
         self.propose_config = recorded_propose_config(work)
         self.features_folder, self.info = method_features(work, method)
         if method != DEFAULT_METHOD:
@@ -236,9 +237,9 @@ class ImageDetector:
         return boxes, True
 
     def _features(self, bgr: np.ndarray, key: str, image: Path,
-                  mirrored: bool = False) -> tuple[list, np.ndarray, bool]:
-        """(maps, scale factors, whether they were computed) of ``bgr`` or of its mirror image."""
-        path = self.cache_folder / (f"{key}.mirrored.npz" if mirrored else f"{key}.npz")
+                  view: str | None = None) -> tuple[list, np.ndarray, bool]:
+        """(maps, scale factors, whether they were computed) of ``bgr`` or of its ``view``."""
+        path = self.cache_folder / (f"{key}.{view}.npz" if view else f"{key}.npz")
         scales = self.info.config.scales
         try:
             cached = load_feature_file(path) if path.is_file() else None
@@ -249,27 +250,27 @@ class ImageDetector:
                 and tuple(cached.image_hw) == bgr.shape[:2]):
             return cached.maps, cached.scale_factors, False
         try:
-            maps, factors = compute_features(self.backbone, np.ascontiguousarray(bgr[:, ::-1]) if mirrored else bgr,
-                                             scales, self.device)
+            maps, factors = compute_features(self.backbone, view_image(bgr, view) if view else bgr, scales,
+                                             self.device)
         except ModelError as exc:
             raise ModelError(f"{image}: {exc}") from None
         save_feature_file(path, maps, factors, bgr.shape[:2])
         return maps, factors, True
 
     def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray,
-                mirrored: bool = False):
+                view: str | None = None):
         """(pooled float32 [P, D] of ``proposals`` [P, 4], whether anything was computed); with
-        ``mirrored``, the proposals seen in the mirror image, pooled from its features."""
+        ``view``, the proposals seen in that view of the image, pooled from its features."""
         if self.method != DEFAULT_METHOD:
             try:
                 return cached_rcnn_features(self.cache_folder / f"{key}.rcnn.npy", self.backbone, bgr,
                                             proposals, self.info.config, self.device)
             except ModelError as exc:
                 raise ModelError(f"{image}: {exc}") from None
-        maps, factors, computed = self._features(bgr, key, image, mirrored)
+        maps, factors, computed = self._features(bgr, key, image, view)
         if not len(proposals):
             return np.zeros((0, self.dim), np.float32), computed
-        windows = mirror_boxes(proposals, bgr.shape[1]) if mirrored else proposals
+        windows = view_boxes(proposals, bgr.shape[:2], view) if view else proposals
         return pool_windows(maps, factors, windows, self.info.stride, self.info.offset, self.levels,
                             target=self.info.config.target, device=self.device).cpu().numpy(), computed
 
@@ -283,13 +284,14 @@ class ImageDetector:
         key = file_hash(path, chars=KEY_CHARS)
         proposals, new_proposals = self._proposals(bgr, key)
         pooled, new_features = self._pooled(bgr, key, path, proposals)
-        mirrored, new_mirrored = None, False
-        if self.detector.config.flip_test:
-            mirrored, new_mirrored = self._pooled(bgr, key, path, proposals, mirrored=True)
-        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2], mirrored)
+        views = []
+        for view in self.views:
+            seen, computed = self._pooled(bgr, key, path, proposals, view)
+            views.append((view, seen))
+            new_features = new_features or computed
+        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2], views)
         return bgr, ImageResult(path, path.stem, bgr.shape[:2], boxes, scores, labels,
-                                new_proposals or new_features or new_mirrored, time.perf_counter() - start,
-                                None)
+                                new_proposals or new_features, time.perf_counter() - start, None)
 
 
 def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],

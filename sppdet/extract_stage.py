@@ -9,9 +9,9 @@ interrupted run resumes where it stopped. ``--shard i/n`` does every n-th image 
 at the same time). One process: torch already spreads a conv over every core, and on a GPU the
 trunk is the only work; nothing runs in Python per window.
 
-``flip`` (``sppdet extract --flip``, for test-time flipping: ``eval`` / ``detect --flip-test``)
-also caches the features of each image's left-right mirror image, in the same format, under
-``mirrored/<image_id>.npz`` of the same folder: the same trunk and scales, so the SVMs trained on
+``views`` (``sppdet extract --tta hflip,...``, for ``eval`` / ``detect --tta``, ``sppdet.views``)
+also caches the features of each image's mirrored or half-turned views, in the same format, under
+``<view>/<image_id>.npz`` of the same folder: the same trunk and scales, so the SVMs trained on
 the folder's features score them too.
 
 The stage does not need proposals. It records ``config.json["stages"]["extract"]`` (the folder
@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from sppdet.backbones import Backbone, build_backbone, resolve_device
@@ -58,6 +57,7 @@ from sppdet.features import FeatureFile, compute_features, load_feature_file, sa
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.spp import TARGET
 from sppdet.store import WorkDir, atomic_write_json, read_json
+from sppdet.views import check_views, view_image
 
 STAGE = "extract"
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.finetune_stage)
@@ -67,8 +67,6 @@ FOLDER_STAGE = "features"
 #: largest crop side (module docstring).
 TARGET_PER_CROP_SIDE = 1.5
 INFO_FILE = "features.json"
-#: Subfolder of a features folder holding the mirror images' features (``extract --flip``).
-MIRRORED = "mirrored"
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class ExtractJob:
     config: ExtractConfig
     folder: Path
     device: torch.device
-    flip: bool = False  # also the mirror images' features (module docstring)
+    views: tuple[str, ...] = ()  # also these views' features (sppdet.views; module docstring)
 
 
 @dataclass(frozen=True)
@@ -194,11 +192,13 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
                     backbone: str = "zf5", width: float = 1.0,
                     weights: str | os.PathLike | None = None, scales: Sequence[int] = (688,),
                     seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
-                    shard: str | None = None, target: int | None = None, flip: bool = False) -> ExtractJob:
+                    shard: str | None = None, target: int | None = None,
+                    views: Sequence[str] = ()) -> ExtractJob:
     """Resolve an ``extract`` run: build the trunk (``sppdet.backbones.build_backbone``), open the
     split, pick this shard's images and the cache folder. Nothing is computed yet."""
     work = WorkDir(workdir)
     scales = normalise_scales(scales)
+    views = check_views(views)
     shard_index, shard_count = parse_shard(shard)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)
@@ -215,12 +215,12 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
         atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
     return ExtractJob(workdir=work, dataset=dataset,
                       image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
-                      backbone=net, config=config, folder=folder, device=torch_device, flip=bool(flip))
+                      backbone=net, config=config, folder=folder, device=torch_device, views=views)
 
 
-def feature_path(folder: Path, image_id: str, mirrored: bool = False) -> Path:
-    """The cache file of one image (or of its mirror image) in a features folder."""
-    return (Path(folder) / MIRRORED if mirrored else Path(folder)) / f"{image_id}.npz"
+def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:
+    """The cache file of one image (or of its ``view``, ``sppdet.views``) in a features folder."""
+    return (Path(folder) / view if view else Path(folder)) / f"{image_id}.npz"
 
 
 def _is_cached(path: Path, job: ExtractJob) -> bool:
@@ -243,18 +243,18 @@ def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSum
     start = time.perf_counter()
     computed = 0
     for image_id in job.image_ids:
-        missing = [mirrored for mirrored in ((False, True) if job.flip else (False,))
-                   if not _is_cached(feature_path(job.folder, image_id, mirrored), job)]
+        missing = [view for view in (None, *job.views)
+                   if not _is_cached(feature_path(job.folder, image_id, view), job)]
         if missing:
             image_file = job.dataset.image_path(image_id)
             bgr = load_bgr(image_file)
-            for mirrored in missing:
-                image = np.ascontiguousarray(bgr[:, ::-1]) if mirrored else bgr
+            for view in missing:
+                image = view_image(bgr, view) if view else bgr
                 try:
                     maps, factors = compute_features(job.backbone, image, job.config.scales, job.device)
                 except ModelError as exc:
                     raise ModelError(f"{image_file}: {exc}") from None
-                save_feature_file(feature_path(job.folder, image_id, mirrored), maps, factors, bgr.shape[:2])
+                save_feature_file(feature_path(job.folder, image_id, view), maps, factors, bgr.shape[:2])
             computed += 1
         progress(1)
     info = features_info(job.folder)
@@ -265,7 +265,7 @@ def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSum
     return ExtractSummary(
         folder=job.folder, images=len(job.image_ids), computed=computed,
         skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,
-        cache_bytes=sum(p.stat().st_size for p in [*job.folder.glob("*.npz"), *job.folder.glob(f"{MIRRORED}/*.npz")]),
+        cache_bytes=sum(p.stat().st_size for p in job.folder.glob("**/*.npz")),
         weights=job.backbone.weights_source, device=str(job.device))
 
 
@@ -291,15 +291,15 @@ def features_info(folder: str | os.PathLike) -> FeaturesInfo:
                         offset=float(data["offset"]), channels=int(data["channels"]))
 
 
-def load_features(folder: str | os.PathLike, image_id: str, mirrored: bool = False) -> FeatureFile:
+def load_features(folder: str | os.PathLike, image_id: str, view: str | None = None) -> FeatureFile:
     """The cached maps of ``image_id`` (memory-mapped float16 ``[C, H_s, W_s]`` per scale, plus
-    scale factors ``[S]``), or of its mirror image; ``WorkdirError`` saying which ``sppdet
-    extract`` to run if it is missing."""
-    path = feature_path(Path(folder), image_id, mirrored)
+    scale factors ``[S]``), or of its ``view``; ``WorkdirError`` saying which ``sppdet extract``
+    to run if it is missing."""
+    path = feature_path(Path(folder), image_id, view)
     if not path.is_file():
-        if mirrored:
-            raise WorkdirError(f"{path}: no mirror-image features for image {image_id!r}; run sppdet "
-                               "extract --flip (with --split covering this image) for --flip-test")
+        if view:
+            raise WorkdirError(f"{path}: no {view} features for image {image_id!r}; run sppdet "
+                               f"extract --tta {view} (with --split covering this image)")
         raise WorkdirError(f"{path}: no features for image {image_id!r}; run sppdet extract first "
                            "(with --split covering this image)")
     return load_feature_file(path)

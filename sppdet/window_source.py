@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from sppdet.boxes import mirror_boxes
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
 from sppdet.extract_stage import features_dir, features_info, load_features
@@ -26,6 +25,7 @@ from sppdet.propose_stage import load_proposals, proposals_dir
 from sppdet.rcnn_stage import lookup_pooled, rcnn_features_dir, rcnn_info
 from sppdet.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.store import WorkDir
+from sppdet.views import view_boxes
 from sppdet.windows import ImageWindows, estimate_feature_scale, make_image_windows
 
 
@@ -98,20 +98,20 @@ class WindowSource:
         """The cached proposals float32 [P, 4] of one image."""
         return load_proposals(self.proposals_folder, image_id)
 
-    def pool(self, image_id: str, boxes: np.ndarray, mirrored: bool = False) -> np.ndarray:
+    def pool(self, image_id: str, boxes: np.ndarray, view: str | None = None) -> np.ndarray:
         """Pooled conv5 vectors float32 [R, D] of ``boxes`` [R, 4] (original image pixels); for
         rcnn, boxes must be ground-truth boxes or cached proposals (else ``WorkdirError``).
-        ``mirrored``: the same boxes seen in the image's left-right mirror image, pooled from its
-        features (``sppdet extract --flip``; SPP only)."""
-        if mirrored and self.method != DEFAULT_METHOD:
-            raise ConfigError("--flip-test needs the SPP features of sppdet extract --flip, not --method rcnn")
+        ``view``: the same boxes seen in that view of the image (``sppdet.views``), pooled from
+        its features (``sppdet extract --tta``; SPP only)."""
+        if view and self.method != DEFAULT_METHOD:
+            raise ConfigError("--tta needs the SPP features of sppdet extract, not --method rcnn")
         if len(boxes) == 0:
             return np.zeros((0, self.dim), np.float32)
         if self.method != DEFAULT_METHOD:
             return lookup_pooled(self.features_folder, image_id, boxes, self.dim)
-        cached = load_features(self.features_folder, image_id, mirrored)
-        if mirrored:
-            boxes = mirror_boxes(boxes, float(cached.image_hw[1]))
+        cached = load_features(self.features_folder, image_id, view)
+        if view:
+            boxes = view_boxes(boxes, tuple(cached.image_hw), view)
         pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
                               self.info.offset, levels=self.levels, target=self.info.config.target)
         return pooled.numpy()

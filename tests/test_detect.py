@@ -21,6 +21,7 @@ from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_
                                   expand_inputs)
 from sppdet.detector import Detector, detect_split
 from sppdet.boxes import mirror_boxes
+from sppdet.views import view_boxes
 from sppdet.features import compute_features
 from sppdet.spp import pool_windows
 from sppdet.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
@@ -215,38 +216,39 @@ def test_augmented_positives_add_copies_of_each_object(trained, tmp_path):
     assert sorted(p.name for p in copy.iterdir()) == before
 
 
-def test_extract_flip_caches_the_mirror_images_features(trained, tmp_path):
+def test_extract_tta_caches_each_views_features(trained, tmp_path):
     work, root, _ = trained
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
     workdir = WorkDir(copy)
-    job = prepare_extract(copy, split="trainval", flip=True, **TINY)
+    job = prepare_extract(copy, split="trainval", views=("hflip", "rot180"), **TINY)
     before = {p.name: p.stat().st_mtime_ns for p in job.folder.glob("*.npz")}
     summary = run_extract(job)
-    assert summary.computed == len(job.image_ids)  # only the mirror images were missing
+    assert summary.computed == len(job.image_ids)  # only the views were missing
     assert {p.name: p.stat().st_mtime_ns for p in job.folder.glob("*.npz")} == before
     assert run_extract(job).computed == 0
     image_id = job.image_ids[0]
     bgr = cv2.imread(str(job.dataset.image_path(image_id)))
-    mirrored = np.load(feature_path(job.folder, image_id, mirrored=True))
-    maps, _ = compute_features(job.backbone, np.ascontiguousarray(bgr[:, ::-1]), TINY["scales"])
-    np.testing.assert_array_equal(mirrored["map_0"], maps[0])
     source = WindowSource(workdir, "trainval")
     proposals = source.proposals(image_id)
-    expected = pool_windows(maps, mirrored["scale_factors"], mirror_boxes(proposals, bgr.shape[1]),
-                            source.info.stride, source.info.offset).numpy()
-    np.testing.assert_array_equal(source.pool(image_id, proposals, mirrored=True), expected)
+    for view, turned in (("hflip", bgr[:, ::-1]), ("rot180", bgr[::-1, ::-1])):
+        cached = np.load(feature_path(job.folder, image_id, view))
+        maps, _ = compute_features(job.backbone, np.ascontiguousarray(turned), TINY["scales"])
+        np.testing.assert_array_equal(cached["map_0"], maps[0])
+        expected = pool_windows(maps, cached["scale_factors"], view_boxes(proposals, bgr.shape[:2], view),
+                                source.info.stride, source.info.offset).numpy()
+        np.testing.assert_array_equal(source.pool(image_id, proposals, view), expected)
 
 
-def test_flip_test_detections_mirror_with_the_image(trained, tmp_path):
-    """With test-time flipping the detector treats an image and its mirror image alike: scoring
+def test_tta_detections_follow_the_image(trained, tmp_path):
+    """With test-time views the detector treats an image and its mirror image alike: scoring
     the mirror (its windows mirrored, the two views swapped) gives the same scores and mirrored
-    boxes; and detect_split averages the two views' scores."""
+    boxes; detect_split averages over the views."""
     work, _, _ = trained
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
     workdir = WorkDir(copy)
-    run_extract(prepare_extract(copy, split="trainval", flip=True, **TINY))
+    run_extract(prepare_extract(copy, split="trainval", views=("hflip", "vflip"), **TINY))
     source = WindowSource(workdir, "trainval")
     detector = Detector.from_workdir(workdir, source.feature_hash, source.dim,
                                      DetectConfig(score_threshold=-5.0))
@@ -254,32 +256,39 @@ def test_flip_test_detections_mirror_with_the_image(trained, tmp_path):
     annotation = source.dataset.annotation(image_id)
     hw = (annotation.height, annotation.width)
     windows = source.proposals(image_id)
-    pooled, mirrored = source.pool(image_id, windows), source.pool(image_id, windows, mirrored=True)
-    boxes, scores, labels = detector.detect(pooled, windows, hw, mirrored)
-    boxes_m, scores_m, labels_m = detector.detect(mirrored, mirror_boxes(windows, hw[1]), hw, pooled)
+    pooled, mirrored = source.pool(image_id, windows), source.pool(image_id, windows, "hflip")
+    boxes, scores, labels = detector.detect(pooled, windows, hw, [("hflip", mirrored)])
+    boxes_m, scores_m, labels_m = detector.detect(mirrored, mirror_boxes(windows, hw[1]), hw, [("hflip", pooled)])
     np.testing.assert_allclose(scores_m, scores, rtol=1e-6)
     np.testing.assert_array_equal(labels_m, labels)
     np.testing.assert_allclose(mirror_boxes(boxes_m, hw[1]), boxes, atol=1e-3)
     plain = detector.detect(pooled, windows, hw)
     assert not np.array_equal(plain[1], scores)
-    assert set(np.round(scores, 4)) <= set(np.round((detector.score(pooled) + detector.score(mirrored)).ravel() / 2, 4))
-    both = detect_split(workdir, "trainval", DetectConfig(flip_test=True))
-    assert both.scores.size and np.isfinite(both.scores).all()
+    both = np.round((detector.score(pooled) + detector.score(mirrored)).ravel() / 2, 4)
+    assert set(np.round(scores, 4)) <= set(both)
+    flipped = source.pool(image_id, windows, "vflip")
+    three = detector.detect(pooled, windows, hw, [("hflip", mirrored), ("vflip", flipped)])
+    mean = (detector.score(pooled) + detector.score(mirrored) + detector.score(flipped)) / 3
+    assert set(np.round(three[1], 4)) <= set(np.round(mean.ravel(), 4))
+    run = detect_split(workdir, "trainval", DetectConfig(tta=("hflip", "vflip")))
+    assert run.scores.size and np.isfinite(run.scores).all()
 
 
-def test_flip_test_without_mirror_features_says_what_to_run(trained):
+def test_tta_without_view_features_says_what_to_run(trained):
     work, _, _ = trained
-    with pytest.raises(WorkdirError, match="extract --flip"):
-        detect_split(WorkDir(work), "trainval", DetectConfig(flip_test=True))
+    with pytest.raises(WorkdirError, match="extract --tta rot180"):
+        detect_split(WorkDir(work), "trainval", DetectConfig(tta=("rot180",)))
+    with pytest.raises(ConfigError, match="--tta spin"):
+        detect_split(WorkDir(work), "trainval", DetectConfig(tta=("spin",)))
 
 
-def test_image_detector_flip_test_caches_both_views(trained, tmp_path):
+def test_image_detector_tta_caches_every_view(trained, tmp_path):
     work, _, new = trained
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
-    detector = ImageDetector(copy, DetectConfig(flip_test=True, score_threshold=-5.0), device="cpu")
+    detector = ImageDetector(copy, DetectConfig(tta=("hflip",), score_threshold=-5.0), device="cpu")
     first = detect_files(detector, [new / "gray.png"]).results[0]
-    assert first.computed and len(list(detector.cache_folder.glob("*.mirrored.npz"))) == 1
+    assert first.computed and len(list(detector.cache_folder.glob("*.hflip.npz"))) == 1
     second = detect_files(detector, [new / "gray.png"]).results[0]
     assert not second.computed
     np.testing.assert_array_equal(second.scores, first.scores)
