@@ -11,10 +11,11 @@ from cli.common import (data_option, device_option, library_errors, method_optio
                         quiet_option, shard_option, split_option, stdout_console, tta_option, workdir_option)
 from sppdet.backbones import BACKBONES
 from sppdet.extract_stage import prepare_extract, run_extract
+from sppdet.features import PRECISIONS
 from sppdet.rcnn import CONTEXT, CROP_SIZE
 from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
 
-SPP_ONLY = ("scales", "target", "tta")
+SPP_ONLY = ("scales", "target", "tta", "precision")
 RCNN_ONLY = ("crop_size", "context", "batch")
 
 
@@ -40,6 +41,9 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
               help="Pool each window at the scale where it is closest to TARGET x TARGET px "
                    "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
                    "trunk (96 for its 64 px crops), else 224.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+              help="The trunk's arithmetic; bfloat16 runs ~1.5x faster on CPUs with bfloat16 units "
+                   "(AVX512-BF16, AMX) and on recent GPUs, conv5 within ~0.5%. Part of the cache's identity.")
 @tta_option("Also cache the features of these views of each image (one conv pass each), for "
             "sppdet eval / detect --tta.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
@@ -56,7 +60,7 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 @shard_option
 @quiet_option
 @click.pass_context
-def extract(ctx, split, backbone, width, weights, scales, target, tta, seed, method, crop_size, context,
+def extract(ctx, split, backbone, width, weights, scales, target, precision, tta, seed, method, crop_size, context,
             batch, device, workdir, data_root, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
@@ -82,7 +86,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, tta, seed, met
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
-                              shard=shard, target=target, views=tta)
+                              shard=shard, target=target, views=tta, precision=precision)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None

@@ -35,7 +35,7 @@ import torch
 from sppdet.backbones import Backbone
 from sppdet.boxes import mirror_boxes
 from sppdet.errors import ConfigError
-from sppdet.features import resize_to_scale
+from sppdet.features import resize_to_scale, trunk_precision
 from sppdet.pretrain import AUGMENTATIONS
 from sppdet.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
 
@@ -123,17 +123,19 @@ def chip_region(box: np.ndarray, hw: tuple[int, int], margin: float, stride: int
 def augmented_windows(backbone: Backbone, bgr: np.ndarray, boxes: np.ndarray, scales: Sequence[int],
                       augment: Sequence[str], rng: np.random.Generator, target: float = TARGET,
                       levels: Sequence[int] = LEVELS, margin: float = MARGIN,
-                      device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                      device: torch.device | str = "cpu", precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """:func:`pooled_copies` of each box with the copies ``augment`` asks for
     (:func:`draw_copies`; ``rng`` draws the channel orders of "channels")."""
     return pooled_copies(backbone, bgr, boxes, draw_copies(augment, len(boxes), rng), scales, target,
-                         levels, margin, device)
+                         levels, margin, device, precision)
 
 
 def pooled_copies(backbone: Backbone, bgr: np.ndarray, boxes: np.ndarray, copies: Sequence[Sequence[Copy]],
                   scales: Sequence[int], target: float = TARGET, levels: Sequence[int] = LEVELS,
-                  margin: float = MARGIN, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled vectors of transformed copies of each box (module docstring).
+                  margin: float = MARGIN, device: torch.device | str = "cpu",
+                  precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled vectors of transformed copies of each box (module docstring); the trunk runs in the
+    features' ``precision`` (``sppdet.features.PRECISIONS``).
 
     ``bgr``: uint8 ``[H, W, 3]``; ``boxes``: float ``[G, 4]`` in original-image pixels;
     ``copies[g]``: the :class:`Copy` list of box ``g``; ``scales``: the features' extract scales
@@ -162,18 +164,18 @@ def pooled_copies(backbone: Backbone, bgr: np.ndarray, boxes: np.ndarray, copies
             local = scaled[None] - [x0, y0, x0, y0]
             images = [transform_image(chip, c.turns, c.flip)[..., list(c.channels)] for c in copies[g]]
             windows = np.concatenate([transform_boxes(local, chip.shape[:2], c.turns, c.flip) for c in copies[g]])
-            out[first[g]:first[g + 1]] = _pool_copies(trunk, backbone, images, windows, levels, device)
+            out[first[g]:first[g + 1]] = _pool_copies(trunk, backbone, images, windows, levels, device, precision)
     return out, owner
 
 
 def _pool_copies(trunk, backbone: Backbone, copies: list[np.ndarray], windows: np.ndarray,
-                 levels: Sequence[int], device) -> np.ndarray:
+                 levels: Sequence[int], device, precision: str = "float32") -> np.ndarray:
     """Pooled ``[T, D]``: window ``t`` [4] of chip ``t``, chips of one shape batched together."""
     pooled = np.zeros((len(copies), pooled_dim(backbone.channels, levels)), np.float32)
     shapes: dict[tuple[int, ...], list[int]] = {}
     for index, copy in enumerate(copies):
         shapes.setdefault(copy.shape, []).append(index)
-    with torch.inference_mode():
+    with torch.inference_mode(), trunk_precision(precision, device):
         for indices in shapes.values():
             batch = torch.stack([backbone.preprocess(np.ascontiguousarray(copies[i]), device) for i in indices])
             maps = trunk(batch.contiguous(memory_format=torch.channels_last)).float()

@@ -29,6 +29,7 @@ class ExtractConfig:
     scales: tuple[int, ...] = (688,)  # shorter side; paper: 688, or (480, 576, 688, 864, 1200)
     seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)
     target: int = 224  # px; each window is pooled at the scale where it is closest to target^2 (paper: 224)
+    precision: str = "float32"  # the trunk's arithmetic: "float32" or "bfloat16" (sppdet.features; stored float16)
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,7 @@ class ImageDetector:
             return cached.maps, cached.scale_factors, False
         try:
             maps, factors = compute_features(self.backbone, view_image(bgr, view) if view else bgr, scales,
-                                             self.device)
+                                             self.device, self.info.config.precision)
         except ModelError as exc:
             raise ModelError(f"{image}: {exc}") from None
         save_feature_file(path, maps, factors, bgr.shape[:2])

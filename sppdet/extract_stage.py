@@ -53,7 +53,7 @@ from sppdet.config import ExtractConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file
+from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file, trunk_precision
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.spp import TARGET
 from sppdet.store import WorkDir, atomic_write_json, read_json
@@ -193,12 +193,13 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
                     weights: str | os.PathLike | None = None, scales: Sequence[int] = (688,),
                     seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
                     shard: str | None = None, target: int | None = None,
-                    views: Sequence[str] = ()) -> ExtractJob:
+                    views: Sequence[str] = (), precision: str = "float32") -> ExtractJob:
     """Resolve an ``extract`` run: build the trunk (``sppdet.backbones.build_backbone``), open the
     split, pick this shard's images and the cache folder. Nothing is computed yet."""
     work = WorkDir(workdir)
     scales = normalise_scales(scales)
     views = check_views(views)
+    trunk_precision(precision, "cpu")  # checks the name
     shard_index, shard_count = parse_shard(shard)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)
@@ -209,7 +210,7 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
     net = build_backbone(backbone, width, chosen_weights, seed)
     config = ExtractConfig(backbone=backbone, width=float(width), weights=net.weights_id,
                            scales=scales, seed=int(seed),
-                           target=resolve_target(work, chosen_weights, target))
+                           target=resolve_target(work, chosen_weights, target), precision=precision)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
     if not (folder / INFO_FILE).is_file():
         atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
@@ -251,7 +252,8 @@ def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSum
             for view in missing:
                 image = view_image(bgr, view) if view else bgr
                 try:
-                    maps, factors = compute_features(job.backbone, image, job.config.scales, job.device)
+                    maps, factors = compute_features(job.backbone, image, job.config.scales, job.device,
+                                                     job.config.precision)
                 except ModelError as exc:
                     raise ModelError(f"{image_file}: {exc}") from None
                 save_feature_file(feature_path(job.folder, image_id, view), maps, factors, bgr.shape[:2])

@@ -147,10 +147,12 @@ def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source:
 def _recompute_job(workdir: WorkDir, start: Path, trunk_path: Path, split: str, data_root,
                    device: str) -> ExtractJob:
     """The extract job recomputing ``split``'s features with the fine-tuned trunk, with the
-    backbone, width, scales, seed and scale-choice target of the features training started from."""
+    backbone, width, scales, seed, scale-choice target and precision of the features training
+    started from."""
     config = features_info(start).config
     return prepare_extract(workdir.root, split, config.backbone, config.width, trunk_path,
-                           config.scales, config.seed, device, data_root, target=config.target)
+                           config.scales, config.seed, device, data_root, target=config.target,
+                           precision=config.precision)
 
 
 def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConfig = FinetuneConfig(),

@@ -185,7 +185,8 @@ def _positive_windows(source: WindowSource, image_id: str, index: int, transform
         copies, of = augmented_windows(trunk, load_bgr(source.dataset.image_path(image_id)), gt_boxes[objects],
                                        source.info.config.scales, config.augment_positives,
                                        np.random.default_rng([config.seed, index, 1]),
-                                       source.info.config.target, source.levels)
+                                       source.info.config.target, source.levels,
+                                       precision=source.info.config.precision)
         pooled = np.concatenate([pooled, copies])
         all_boxes = np.concatenate([all_boxes, gt_boxes[objects][of]])
         all_labels = np.concatenate([all_labels, gt_labels[objects][of]])

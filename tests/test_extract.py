@@ -227,3 +227,20 @@ def test_cli_extract(tmp_path, voc):
     if not torch.cuda.is_available():
         no_cuda = runner.invoke(extract, args[:-3] + ["--device", "cuda"])
         assert no_cuda.exit_code == 2 and "CUDA is not available" in no_cuda.output
+
+
+def test_bfloat16_features_stay_close_to_float32():
+    """--precision bfloat16: the same maps within bfloat16's resolution (8-bit mantissa, several
+    layers deep); an unknown precision is refused."""
+    net = build_backbone("zf5", 0.25, "none", seed=0)
+    bgr = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    full, factors = compute_features(net, bgr, (90, 150))
+    half, half_factors = compute_features(net, bgr, (90, 150), precision="bfloat16")
+    np.testing.assert_array_equal(factors, half_factors)
+    for a, b in zip(full, half):
+        assert a.dtype == b.dtype == np.float16 and a.shape == b.shape
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03
+        assert not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="--precision float8"):
+        compute_features(net, bgr, (90,), precision="float8")
