@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from sppdet.backbones import Backbone
-from sppdet.boxes import mirror_boxes
 from sppdet.errors import ConfigError
 from sppdet.features import resize_to_scale, trunk_precision
 from sppdet.pretrain import AUGMENTATIONS
 from sppdet.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
+from sppdet.views import transform_boxes, transform_image
 
 #: Context around each object in the resized image, 4 conv5 cells of a stride-16 trunk. On the
 #: demo's trunk the untransformed chip's pooled vector is then within 0.02% (median) and 2% (max)
@@ -87,26 +87,6 @@ def draw_copies(augment: Sequence[str], count: int, rng: np.random.Generator) ->
         return [[Copy(k, f) for k, f in pairs] for _ in range(count)]
     orders = rng.integers(len(PERMUTATIONS), size=(count, len(pairs)))
     return [[Copy(k, f, PERMUTATIONS[o]) for (k, f), o in zip(pairs, row)] for row in orders]
-
-
-def transform_image(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """``image`` ``[H, W, ...]`` flipped left-right (if ``flip``), then turned ``turns`` quarter
-    turns counter-clockwise (``np.rot90``)."""
-    if flip:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(np.rot90(image, turns))
-
-
-def transform_boxes(boxes: np.ndarray, hw: tuple[int, int], turns: int, flip: bool) -> np.ndarray:
-    """Boxes float ``[R, 4]`` of an ``hw = (H, W)`` image, moved with :func:`transform_image`."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    height, width = hw
-    if flip:
-        b = mirror_boxes(b, width)
-    for _ in range(turns % 4):  # a counter-clockwise turn maps (x, y) to (y, W - x); W becomes H
-        b = np.stack([b[:, 1], width - b[:, 2], b[:, 3], width - b[:, 0]], axis=1)
-        height, width = width, height
-    return b
 
 
 def chip_region(box: np.ndarray, hw: tuple[int, int], margin: float, stride: int) -> tuple[int, int, int, int]:

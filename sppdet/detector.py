@@ -139,11 +139,12 @@ def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConf
     levels = require_trained(workdir, method).get("levels")
     source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config, method)
+    names = check_views(config.tta)
     per_image = {}
     for image_id in source.image_ids:
         windows = source.proposals(image_id)
         annotation = source.dataset.annotation(image_id)
-        views = [(view, source.pool(image_id, windows, view)) for view in check_views(config.tta)]
+        views = [(view, source.pool(image_id, windows, view)) for view in names]
         per_image[image_id] = detector.detect(source.pool(image_id, windows), windows,
                                               (annotation.height, annotation.width), views)
         progress(1)

@@ -53,7 +53,7 @@ from sppdet.config import ExtractConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file, trunk_precision
+from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file, check_precision
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.spp import TARGET
 from sppdet.store import WorkDir, atomic_write_json, read_json
@@ -199,7 +199,7 @@ def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trai
     work = WorkDir(workdir)
     scales = normalise_scales(scales)
     views = check_views(views)
-    trunk_precision(precision, "cpu")  # checks the name
+    check_precision(precision)
     shard_index, shard_count = parse_shard(shard)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)

@@ -70,12 +70,17 @@ def resize_to_scale(bgr: np.ndarray, scale: int) -> tuple[np.ndarray, float]:
     return cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR), factor
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else ``ConfigError`` naming it."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
 def trunk_precision(precision: str, device: torch.device | str):
     """The context a trunk runs in for ``precision`` ("float32", or "bfloat16": autocast on
     ``device``'s type); ``ConfigError`` for another name."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
-    if precision == "float32":
+    if check_precision(precision) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 

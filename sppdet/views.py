@@ -1,4 +1,4 @@
-"""Test-time views of an image: its mirror images and its half turn (``--tta``).
+"""Flips and quarter turns of images and boxes; the test-time views of an image (``--tta``).
 
 Boxes follow ``sppdet.boxes``. ``sppdet extract --tta hflip`` caches each view's conv features
 beside the image's own (``sppdet.extract_stage``); ``eval`` / ``detect --tta hflip`` score every
@@ -8,7 +8,8 @@ is, so NMS and everything after it are unchanged.
 
 Views: "hflip" (left-right mirror, right for natural images, Fast R-CNN trains on it), "vflip"
 (top-bottom) and "rot180" (both, a half turn): the latter two only for classes that keep their
-identity upside down (the demo's shapes), as ``sppdet pretrain --augment rot90``.
+identity upside down (the demo's shapes), as ``sppdet pretrain --augment rot90``. Each view is a
+:func:`transform_image` (the one ``sppdet.augmented_windows`` turns objects with).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import numpy as np
 from sppdet.boxes import mirror_boxes
 from sppdet.errors import ConfigError
 
-#: view -> (mirrors x, mirrors y)
-VIEWS = {"hflip": (True, False), "vflip": (False, True), "rot180": (True, True)}
+#: view -> (quarter turns, left-right flip first) as :func:`transform_image` applies them
+VIEWS = {"hflip": (0, True), "vflip": (2, True), "rot180": (2, False)}
 
 
 def check_views(views: Sequence[str]) -> tuple[str, ...]:
@@ -32,24 +33,40 @@ def check_views(views: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(views))
 
 
+def transform_image(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """``image`` ``[H, W, ...]`` flipped left-right (if ``flip``), then turned ``turns`` quarter
+    turns counter-clockwise (``np.rot90``)."""
+    if flip:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(np.rot90(image, turns))
+
+
+def transform_boxes(boxes: np.ndarray, hw: tuple[int, int], turns: int, flip: bool) -> np.ndarray:
+    """Boxes float ``[R, 4]`` of an ``hw = (H, W)`` image, moved with :func:`transform_image`."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    height, width = hw
+    if flip:
+        b = mirror_boxes(b, width)
+    for _ in range(turns % 4):  # a counter-clockwise turn maps (x, y) to (y, W - x); W becomes H
+        b = np.stack([b[:, 1], width - b[:, 2], b[:, 3], width - b[:, 0]], axis=1)
+        height, width = width, height
+    return b
+
+
 def view_image(bgr: np.ndarray, view: str) -> np.ndarray:
     """``bgr`` ``[H, W, 3]`` as seen in ``view`` (a contiguous copy)."""
-    mirror_x, mirror_y = VIEWS[view]
-    return np.ascontiguousarray(bgr[::-1 if mirror_y else 1, ::-1 if mirror_x else 1])
+    return transform_image(bgr, *VIEWS[view])
 
 
 def view_boxes(boxes: np.ndarray, image_hw: tuple[int, int], view: str) -> np.ndarray:
-    """Boxes ``[N, 4]`` of an image of ``image_hw`` = (H, W), moved into ``view`` (each view is
-    its own inverse)."""
-    mirror_x, mirror_y = VIEWS[view]
-    out = mirror_boxes(boxes, image_hw[1]) if mirror_x else np.asarray(boxes).reshape(-1, 4)
-    if mirror_y:
-        out = np.stack([out[:, 0], image_hw[0] - out[:, 3], out[:, 2], image_hw[0] - out[:, 1]], axis=1)
-    return out.astype(out.dtype if np.issubdtype(out.dtype, np.floating) else np.float32)
+    """Boxes float64 ``[N, 4]`` of an image of ``image_hw`` = (H, W), moved into ``view`` (each
+    view is its own inverse)."""
+    return transform_boxes(boxes, image_hw, *VIEWS[view])
 
 
 def delta_signs(view: str) -> np.ndarray:
     """Per box delta (tx, ty, tw, th), the factor float32 ``[4]`` taking one predicted in ``view``
     back to the image: a box moved right in a left-right mirror image moves left in the image."""
-    mirror_x, mirror_y = VIEWS[view]
+    turns, flip = VIEWS[view]
+    mirror_x, mirror_y = flip != (turns == 2), turns == 2  # the views turn by 0 or 2 quarters
     return np.array([-1.0 if mirror_x else 1.0, -1.0 if mirror_y else 1.0, 1.0, 1.0], np.float32)

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from sppdet.augmented_windows import (MARGIN, Copy, augmented_windows, chip_region, draw_copies,
-                                      geometric_transforms, pooled_copies, transform_boxes, transform_image)
+                                      geometric_transforms, pooled_copies)
 from sppdet.backbones import Backbone, Preprocessing, build_backbone
 from sppdet.errors import ConfigError
 from sppdet.features import compute_features
 from sppdet.spp import pool_windows
+from sppdet.views import transform_boxes, transform_image
 
 ALL_PAIRS = [(k, f) for f in (False, True) for k in range(4)]
 
