@@ -83,7 +83,7 @@ def _parse_views(ctx, param, value: str) -> tuple[str, ...]:
     try:
         return check_views([v.strip() for v in value.split(",") if v.strip()])
     except ConfigError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+        raise click.BadParameter(str(exc).removeprefix("--tta ")) from None  # the option is named already
 
 
 def tta_option(help_text: str):

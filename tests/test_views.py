@@ -44,3 +44,13 @@ def test_check_views():
     assert check_views([]) == ()
     with pytest.raises(ConfigError, match="--tta spin: choose from hflip, vflip, rot180"):
         check_views(["hflip", "spin"])
+
+
+def test_tta_option_names_the_unknown_view(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.eval import eval_command
+
+    result = CliRunner().invoke(eval_command, ["--workdir", str(tmp_path), "--tta", "hflip,spin"])
+    assert result.exit_code == 2
+    assert "'--tta': spin: choose from hflip, vflip, rot180" in result.output
