@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from cli.eval import eval_command
 
 from sppdet.boxes import decode_deltas, encode_deltas
 from sppdet.errors import ConfigError
@@ -47,10 +50,6 @@ def test_check_views():
 
 
 def test_tta_option_names_the_unknown_view(tmp_path):
-    from click.testing import CliRunner
-
-    from cli.eval import eval_command
-
     result = CliRunner().invoke(eval_command, ["--workdir", str(tmp_path), "--tta", "hflip,spin"])
     assert result.exit_code == 2
     assert "'--tta': spin: choose from hflip, vflip, rot180" in result.output
