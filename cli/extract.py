@@ -8,10 +8,11 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
-                        quiet_option, shard_option, split_option, stdout_console, tta_option, workdir_option)
+                        quiet_option, shard_option, split_option, stderr_console, stdout_console, tta_option,
+                        workdir_option)
 from sppdet.backbones import BACKBONES
 from sppdet.extract_stage import prepare_extract, run_extract
-from sppdet.features import PRECISIONS
+from sppdet.features import AUTO_PRECISION, PRECISIONS
 from sppdet.rcnn import CONTEXT, CROP_SIZE
 from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
 
@@ -19,7 +20,9 @@ SPP_ONLY = ("scales", "target", "tta", "precision")
 RCNN_ONLY = ("crop_size", "context", "batch")
 
 
-def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
+def _parse_scales(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
@@ -28,22 +31,29 @@ def _parse_scales(ctx, param, value: str) -> tuple[int, ...]:
 
 @click.command("extract")
 @split_option("trainval")
-@click.option("--backbone", type=click.Choice(BACKBONES), default="zf5", show_default=True,
-              help="Conv trunk: zf5 (the paper's ZF-5) or torchvision alexnet/vgg16 conv5.")
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="zf5 channel multiplier (0.25 = a small, CPU-friendly trunk).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None,
+              help="Conv trunk: zf5 (the paper's ZF-5) or torchvision alexnet/vgg16 conv5. Default: "
+                   "that of the trunk `sppdet pretrain` trained, else zf5.")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="zf5 channel multiplier (0.25 = a small, CPU-friendly trunk). Default: that of the "
+                   "trained trunk, else 1.0.")
 @click.option("--weights", default=None, metavar="none|imagenet|PATH",
               help="Trunk weights: random (none), torchvision ImageNet file, or a state dict. "
-                   "Default: the trunk saved by `sppdet pretrain`, else none.")
-@click.option("--scales", default="688", show_default=True, callback=_parse_scales,
-              help="Shorter-side sizes, comma-separated (paper: 688, or 480,576,688,864,1200).")
+                   "Default: the trunk saved by `sppdet pretrain` (or finetune --train-conv); "
+                   "without one, random weights with a warning.")
+@click.option("--scales", default=None, callback=_parse_scales,
+              help="Shorter-side sizes, comma-separated (paper: 688, or 480,576,688,864,1200). Default: "
+                   "those of the last extract with the same trunk, else chosen from the training "
+                   "objects' sizes (README, \"Settings that follow your data\").")
 @click.option("--target", type=click.IntRange(min=1), default=None,
               help="Pool each window at the scale where it is closest to TARGET x TARGET px "
                    "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
                    "trunk (96 for its 64 px crops), else 224.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+@click.option("--precision", type=click.Choice((*PRECISIONS, AUTO_PRECISION)), default=None,
               help="The trunk's arithmetic; bfloat16 runs ~1.5x faster on CPUs with bfloat16 units "
-                   "(AVX512-BF16, AMX) and on recent GPUs, conv5 within ~0.5%. Part of the cache's identity.")
+                   "(AVX512-BF16, AMX) and on recent GPUs, conv5 within ~0.5%; auto picks bfloat16 "
+                   "where the device has such units. Part of the cache's identity. Default: that of "
+                   "the last extract with the same trunk, else float32.")
 @tta_option("Also cache the features of these views of each image (one conv pass each), for "
             "sppdet eval / detect --tta.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
@@ -87,12 +97,16 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
                               shard=shard, target=target, views=tta, precision=precision)
+        for line in job.settings.warnings:
+            stderr_console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
             summary = run_extract(job, progress=advance)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None
-    _report(f"sppdet extract: {split}", summary, f"{backbone} (width {width})",
-            ("scales", f"{', '.join(str(s) for s in job.config.scales)} (target {job.config.target} px)"),
-            rate)
+    config, sources = job.config, job.settings.sources
+    _report(f"sppdet extract: {split}", summary, f"{config.backbone} (width {config.width:g})",
+            ("scales", f"{', '.join(str(s) for s in config.scales)} (target {config.target} px)"),
+            rate, sources=[f"{name}: {sources[name]}" for name in
+                           ("backbone", "width", "weights", "scales", "target", "precision")])
 
 
 def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,
@@ -104,15 +118,20 @@ def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, bat
         with progress_bar(len(job.image_ids), f"extract {split} (rcnn)", quiet=quiet) as advance:
             summary = run_rcnn_extract(job, progress=advance)
     rate = f"{summary.windows / summary.seconds:.1f} windows/s" if summary.computed else None
-    _report(f"sppdet extract --method rcnn: {split}", summary, f"{backbone} (width {width})",
+    _report(f"sppdet extract --method rcnn: {split}", summary,
+            f"{job.config.backbone} (width {job.config.width:g})",
             ("crops", f"{crop_size} x {crop_size}, context {context} px"), rate)
 
 
-def _report(title: str, summary, trunk: str, setting: tuple[str, str], rate: str | None) -> None:
-    """The result table of either extract (SPP or R-CNN summary) and the cache folder line."""
+def _report(title: str, summary, trunk: str, setting: tuple[str, str], rate: str | None,
+            sources: list[str] = ()) -> None:
+    """The result table of either extract (SPP or R-CNN summary) and the cache folder line;
+    ``sources``: where each setting came from (flag, default, recorded, data)."""
     table = Table(title=title, show_header=False)
     table.add_row("backbone", f"{trunk}, weights {summary.weights}")
     table.add_row(*setting)
+    if sources:
+        table.add_row("settings from", "; ".join(sources))
     table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
     table.add_row("time", f"{summary.seconds:.1f} s ({rate or 'nothing to compute'} on {summary.device})")
     stdout_console.print(table)

@@ -144,12 +144,13 @@ class EvalResult:
                             for c in self.classes}}
 
 
-def load_ground_truth(root: str | os.PathLike, split: str,
-                      progress: Progress | None = None) -> list[Annotation]:
-    """The annotations of a split, in split order (reads only XML; no image files needed)."""
+def load_ground_truth(root: str | os.PathLike, split: str, progress: Progress | None = None,
+                      split_dir: str | os.PathLike | None = None) -> list[Annotation]:
+    """The annotations of a split, in split order (reads only XML; no image files needed);
+    ``split_dir``: a work directory's own split files (``sppdet.data.voc.split_path``)."""
     progress = progress or no_progress
     annotations = []
-    for image_id in read_split(root, split):
+    for image_id in read_split(root, split, split_dir):
         annotations.append(read_annotation(Path(root) / "Annotations" / f"{image_id}.xml"))
         progress(1)
     return annotations

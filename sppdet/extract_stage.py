@@ -50,18 +50,23 @@ import torch
 
 from sppdet.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import ExtractConfig
+from sppdet.data_fit import fit_scales, object_sizes
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.features import FeatureFile, compute_features, load_feature_file, save_feature_file, check_precision
+from sppdet.features import (AUTO_PRECISION, FeatureFile, auto_precision, check_precision, compute_features,
+                              load_feature_file, save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
+from sppdet.records import TUNED_TRUNK_RECORD, extract_record, trained_trunk, trained_trunks
 from sppdet.spp import TARGET
 from sppdet.store import WorkDir, atomic_write_json, read_json
 from sppdet.views import check_views, view_image
 
 STAGE = "extract"
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.finetune_stage)
-TRUNK_RECORD = "trunk"
+TRUNK_RECORD = TUNED_TRUNK_RECORD
+DEFAULT_BACKBONE = "zf5"
+DEFAULT_WIDTH = 1.0
 FOLDER_STAGE = "features"
 #: With a trunk from ``sppdet pretrain``, the default scale-choice target is this times its
 #: largest crop side (module docstring).
@@ -91,6 +96,7 @@ class ExtractJob:
     folder: Path
     device: torch.device
     views: tuple[str, ...] = ()  # also these views' features (sppdet.views; module docstring)
+    settings: "ExtractSettings | None" = None  # how each setting was chosen (flag, recorded, data)
 
 
 @dataclass(frozen=True)
@@ -109,13 +115,10 @@ class ExtractSummary:
 
 
 def _our_trunks(workdir: WorkDir) -> list[dict]:
-    """Records of the trunks sppdet trained in ``workdir``, newest first: the ``finetune
-    --train-conv`` trunk if it was fine-tuned from the current pretrained one, then the pretrained
-    trunk (each with ``weights``, a path relative to the work directory; possibly none)."""
-    stages = workdir.config().get("stages", {})
-    pretrain, tuned = stages.get("pretrain", {}), stages.get(TRUNK_RECORD, {})
-    current = [tuned] if tuned.get("after_pretrain") == pretrain.get("weights") else []
-    return [record for record in [*current, pretrain] if record.get("weights")]
+    """Records of the trunks sppdet trained in ``workdir``, newest first (``sppdet.records``), as
+    ``{"weights", "backbone", "width"}`` dictionaries."""
+    return [{"weights": str(t.weights), "backbone": t.backbone, "width": t.width}
+            for t in trained_trunks(workdir)]
 
 
 def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
@@ -125,8 +128,8 @@ def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbon
     if weights is not None:
         return str(weights)
     for record in _our_trunks(workdir):
-        if record.get("backbone", backbone) == backbone and float(record.get("width", width)) == width:
-            return str(workdir.root / record["weights"])  # an absolute recorded path stays as it is
+        if record["backbone"] == backbone and float(record["width"]) == width:
+            return record["weights"]
     return "none"
 
 
@@ -138,11 +141,92 @@ def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
         if int(target) < 1:
             raise ConfigError(f"--target {target}: must be a positive number of pixels")
         return int(target)
-    ours = {(workdir.root / record["weights"]).resolve() for record in _our_trunks(workdir)}
-    sizes = workdir.config().get("stages", {}).get("pretrain", {}).get("config", {}).get("sizes")
-    if Path(weights).resolve() in ours and sizes:
-        return int(round(TARGET_PER_CROP_SIDE * max(sizes)))
+    for trunk in trained_trunks(workdir):
+        if Path(weights).resolve() == trunk.weights.resolve() and trunk.crop_sizes:
+            return int(round(TARGET_PER_CROP_SIDE * max(trunk.crop_sizes)))
     return TARGET
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """The resolved settings of an ``extract`` run and where each came from: ``sources`` maps
+    backbone, width, weights, scales, target and precision to "flag", "default", "recorded (...)"
+    or "data (...)"; ``warnings`` are lines the user must see (e.g. random weights)."""
+
+    backbone: str
+    width: float
+    weights: str
+    scales: tuple[int, ...]
+    target: int
+    precision: str
+    sources: dict
+    warnings: tuple[str, ...]
+
+
+def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str | None = None,
+                             width: float | None = None, weights: str | os.PathLike | None = None,
+                             scales: Sequence[int] | None = None, target: int | None = None,
+                             precision: str | None = None, device: str = "cpu") -> ExtractSettings:
+    """Fill each setting left as None from what the work directory records (module docstring,
+    "Settings"): the trained trunk gives backbone, width and weights; an earlier extract with the
+    same trunk gives scales, target and precision; else scales follow the trunk's training split's
+    objects (``sppdet.data_fit.fit_scales``) and precision is float32. A ``backbone`` or ``width``
+    that contradicts the recorded trunk (without ``weights``) is a ``ConfigError``: extracting
+    with a random trunk by accident gives features no SVM can use."""
+    sources, warnings = {}, []
+    trunk = trained_trunk(work) if weights is None else None
+    if trunk is not None:
+        for name, given, recorded in (("backbone", backbone, trunk.backbone), ("width", width, trunk.width)):
+            if given is not None and given != recorded:
+                raise ConfigError(
+                    f"--{name} {given}: the trunk trained in {work.root} ({trunk.made_by}, {trunk.backbone} "
+                    f"width {trunk.width:g}) has another shape; leave out --{name} to use it, or pass "
+                    "--weights none (random) / imagenet / PATH to extract with other weights")
+        backbone, width, chosen = trunk.backbone, trunk.width, str(trunk.weights)
+        sources.update(backbone=f"recorded ({trunk.made_by})", width=f"recorded ({trunk.made_by})",
+                       weights=f"recorded ({trunk.made_by})")
+    else:
+        sources.update(backbone="flag" if backbone is not None else "default",
+                       width="flag" if width is not None else "default",
+                       weights="flag" if weights is not None else "default")
+        backbone = backbone if backbone is not None else DEFAULT_BACKBONE
+        width = float(width) if width is not None else DEFAULT_WIDTH
+        chosen = str(weights) if weights is not None else "none"
+        if weights is None:
+            warnings.append(f"{work.root}: no trained trunk, so the features come from RANDOM weights "
+                            f"({backbone} width {width:g}); run sppdet pretrain first, or pass --weights "
+                            "imagenet (downloads ImageNet weights) or --weights none to mean it")
+    prior = extract_record(work)
+    prior_config = prior.get("config", {}) if prior else {}
+    same_trunk = bool(prior) and prior.get("weights_source") == chosen and \
+        prior_config.get("backbone") == backbone and float(prior_config.get("width", -1)) == float(width)
+    if target is None and same_trunk:
+        target, sources["target"] = int(prior_config["target"]), "recorded (extract)"
+    else:
+        sources["target"] = "flag" if target is not None else (
+            "trunk's crop sides" if trunk is not None and trunk.crop_sizes else "default (paper)")
+        target = resolve_target(work, chosen, target)
+    if scales is None and same_trunk:
+        scales, sources["scales"] = tuple(prior_config["scales"]), "recorded (extract)"
+    elif scales is None:
+        split = trunk.split if trunk is not None and trunk.split else dataset.split
+        fitted = dataset if split == dataset.split else VocDataset(dataset.root, split, classes=(),
+                                                                   check_images=False,
+                                                                   split_dir=work.split_dir(dataset.root))
+        scales, sources["scales"] = fit_scales(object_sizes(fitted), target), f"data (objects of {split})"
+    else:
+        sources["scales"] = "flag"
+    if precision is None and same_trunk and prior_config.get("precision"):
+        precision, sources["precision"] = prior_config["precision"], "recorded (extract)"
+    elif precision is None:
+        precision, sources["precision"] = "float32", "default"
+    else:
+        sources["precision"] = "flag"
+    if precision == AUTO_PRECISION:
+        precision, sources["precision"] = auto_precision(device), f"{sources['precision']}: auto for {device}"
+    return ExtractSettings(backbone=backbone, width=float(width), weights=chosen,
+                           scales=normalise_scales(scales), target=int(target),
+                           precision=check_precision(precision), sources=sources, warnings=tuple(warnings))
 
 
 def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -> Backbone:
@@ -188,35 +272,40 @@ def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-def prepare_extract(workdir: str | os.PathLike | None = None, split: str = "trainval",
-                    backbone: str = "zf5", width: float = 1.0,
-                    weights: str | os.PathLike | None = None, scales: Sequence[int] = (688,),
+def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: str = "trainval",
+                    backbone: str | None = None, width: float | None = None,
+                    weights: str | os.PathLike | None = None, scales: Sequence[int] | None = None,
                     seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
                     shard: str | None = None, target: int | None = None,
-                    views: Sequence[str] = (), precision: str = "float32") -> ExtractJob:
-    """Resolve an ``extract`` run: build the trunk (``sppdet.backbones.build_backbone``), open the
-    split, pick this shard's images and the cache folder. Nothing is computed yet."""
-    work = WorkDir(workdir)
-    scales = normalise_scales(scales)
+                    views: Sequence[str] = (), precision: str | None = None) -> ExtractJob:
+    """Resolve an ``extract`` run: settings left as None follow the work directory's records
+    (:func:`resolve_extract_settings`), then build the trunk (``sppdet.backbones.build_backbone``),
+    open the split, pick this shard's images and the cache folder. Nothing is computed yet."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    if scales is not None:
+        scales = normalise_scales(scales)
     views = check_views(views)
-    check_precision(precision)
+    if precision not in (None, AUTO_PRECISION):
+        check_precision(precision)
     shard_index, shard_count = parse_shard(shard)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)
-    dataset = VocDataset(root, split, classes=())  # features need no class list
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))  # no class list needed
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
-    chosen_weights = resolve_weights(work, weights, backbone, width)
-    net = build_backbone(backbone, width, chosen_weights, seed)
-    config = ExtractConfig(backbone=backbone, width=float(width), weights=net.weights_id,
-                           scales=scales, seed=int(seed),
-                           target=resolve_target(work, chosen_weights, target), precision=precision)
+    settings = resolve_extract_settings(work, dataset, backbone, width, weights, scales, target, precision,
+                                        str(torch_device))
+    net = build_backbone(settings.backbone, settings.width, settings.weights, seed)
+    config = ExtractConfig(backbone=settings.backbone, width=settings.width, weights=net.weights_id,
+                           scales=settings.scales, seed=int(seed), target=settings.target,
+                           precision=settings.precision)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
     if not (folder / INFO_FILE).is_file():
         atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
     return ExtractJob(workdir=work, dataset=dataset,
                       image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
-                      backbone=net, config=config, folder=folder, device=torch_device, views=views)
+                      backbone=net, config=config, folder=folder, device=torch_device, views=views,
+                      settings=settings)
 
 
 def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:

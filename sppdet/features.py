@@ -46,6 +46,10 @@ from sppdet.store import atomic_save_npz
 #: extract 41 + 78 s instead of 49 + 100 s (trainval; test with two views). On CPUs without
 #: bfloat16 units it can be slower than float32.
 PRECISIONS = ("float32", "bfloat16")
+#: Resolved by :func:`auto_precision` before anything is computed or recorded.
+AUTO_PRECISION = "auto"
+#: CPU flags (Linux /proc/cpuinfo) of units that run bfloat16 convolutions natively.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # zip local file header (30 bytes): signature, version, flags, method, time, date, crc,
 # sizes, then the lengths of the name and of the extra field that precede the member's data.
@@ -75,6 +79,20 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
     return precision
+
+
+def auto_precision(device: torch.device | str = "cpu", cpuinfo: str = "/proc/cpuinfo") -> str:
+    """"bfloat16" where ``device`` runs it natively (a CUDA GPU that supports it; a CPU with one
+    of :data:`BF16_CPU_FLAGS`), else "float32": bfloat16 is faster only on such hardware, and
+    slower where it is emulated. A hardware choice, not a data one."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        flags = set(Path(cpuinfo).read_text(errors="replace").split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
 
 
 def trunk_precision(precision: str, device: torch.device | str):

@@ -88,7 +88,7 @@ def prepare_pretrain(workdir: str | os.PathLike | None = None,
     work = WorkDir(workdir)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)
-    dataset = VocDataset(root, split)
+    dataset = VocDataset(root, split, split_dir=work.split_dir(root))
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
     inputs = {"data": str(root), "split": split}

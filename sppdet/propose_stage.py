@@ -107,7 +107,7 @@ def prepare_propose(workdir: str | os.PathLike | WorkDir | None = None,
     shard_index, shard_count = parse_shard(shard)
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
     root = work.data_root(data_root)
-    dataset = VocDataset(root, split, classes=())  # proposals need no class list
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))  # no class list needed
     if data_root is not None:
         work.set_data_root(root)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})

@@ -40,11 +40,12 @@ from sppdet.config import RcnnConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.extract_stage import ExtractSummary, resolve_weights
+from sppdet.extract_stage import DEFAULT_BACKBONE, DEFAULT_WIDTH, ExtractSummary, resolve_weights
 from sppdet.methods import stage_key
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.propose_stage import load_proposals, proposals_dir
 from sppdet.rcnn import check_crop, rcnn_pooled
+from sppdet.records import trained_trunk
 from sppdet.spp import LEVELS, pooled_dim
 from sppdet.store import WorkDir, atomic_save_npy, atomic_write_json, read_json
 
@@ -103,15 +104,19 @@ def normalise_levels(levels: Sequence[int]) -> tuple[int, ...]:
 
 
 def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, split: str = "trainval",
-                         backbone: str = "zf5", width: float = 1.0,
+                         backbone: str | None = None, width: float | None = None,
                          weights: str | os.PathLike | None = None, crop_size: int = 224,
                          context: int = 16, levels: Sequence[int] = LEVELS, seed: int = 0,
                          batch: int = 128, device: str = "auto",
                          data_root: str | os.PathLike | None = None,
                          shard: str | None = None) -> RcnnJob:
     """Resolve an ``extract --method rcnn`` run: check the crop settings, build the trunk, open
-    the split and the proposals, pick this shard's images and the cache folder."""
+    the split and the proposals, pick this shard's images and the cache folder. ``backbone`` and
+    ``width`` left as None follow the trunk sppdet trained (``sppdet.records``; zf5 1.0 without one)."""
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    trunk = trained_trunk(work) if weights is None else None
+    backbone = backbone or (trunk.backbone if trunk else DEFAULT_BACKBONE)
+    width = float(width if width is not None else (trunk.width if trunk else DEFAULT_WIDTH))
     check_crop(int(crop_size), int(context))
     if batch < 1:
         raise ConfigError(f"--batch {batch}: need at least one crop per forward pass")
@@ -119,7 +124,7 @@ def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, spl
     shard_index, shard_count = parse_shard(shard)
     torch_device = resolve_device(device)
     root = work.data_root(data_root)
-    dataset = VocDataset(root, split, classes=())
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
     proposals = proposals_dir(work)

@@ -188,6 +188,19 @@ class WorkDir:
             )
         return Path(recorded)
 
+    @property
+    def splits_folder(self) -> Path:
+        """``splits/``: split files this work directory made itself (``sppdet.splits``)."""
+        return self.root / "splits"
+
+    def split_dir(self, data_root: str | os.PathLike) -> Path | None:
+        """The folder of this work directory's own split files when they were made for the
+        dataset at ``data_root`` (read before the dataset's ``ImageSets/Main``), else None."""
+        recorded = self.config().get("splits", {}).get("data_root")
+        if recorded and Path(recorded) == Path(data_root).expanduser().resolve():
+            return self.splits_folder
+        return None
+
     def stage_dir(self, stage: str, settings: Any, inputs: Mapping[str, str] | None = None) -> Path:
         """The folder ``<stage>-<hash>`` for these settings and input hashes, created on demand.
 

@@ -57,7 +57,8 @@ class WindowSource:
                  method: str = DEFAULT_METHOD):
         self.workdir = workdir
         self.method = check_method(method)
-        self.dataset = VocDataset(workdir.data_root(data_root), split, check_images=False)
+        root = workdir.data_root(data_root)
+        self.dataset = VocDataset(root, split, check_images=False, split_dir=workdir.split_dir(root))
         self.classes = self.dataset.classes
         self.features_folder, self.info = method_features(workdir, self.method)
         if self.method == DEFAULT_METHOD:

@@ -9,8 +9,8 @@ the only place they are converted to sppdet's continuous 0-based boxes
 ``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``sppdet.boxes``) and back again in the writer.
 
 Classes: the 20 VOC classes (in the devkit's order) when every name found is a VOC class;
-otherwise the sorted set of names in the ``trainval`` annotations (all listed splits if there is
-no trainval), or an explicit list. Label index 0 is background; class ``classes[k - 1]`` has
+otherwise the sorted set of names in the ``trainval`` annotations (``train`` and ``val`` if there is
+no trainval; all listed splits if there is neither), or an explicit list. Label index 0 is background; class ``classes[k - 1]`` has
 label ``k``.
 """
 
@@ -143,14 +143,18 @@ def write_annotation(path: str | os.PathLike, annotation: Annotation, folder: st
     atomic_write_bytes(path, ET.tostring(root, encoding="utf-8") + b"\n")
 
 
-def split_path(root: str | os.PathLike, split: str) -> Path:
-    """``ROOT/ImageSets/Main/<split>.txt``."""
+def split_path(root: str | os.PathLike, split: str, split_dir: str | os.PathLike | None = None) -> Path:
+    """The file listing ``split``: ``<split_dir>/<split>.txt`` when ``split_dir`` (a work
+    directory's own splits, e.g. a validation split carved by ``sppdet train``) has it, else
+    ``ROOT/ImageSets/Main/<split>.txt``."""
+    if split_dir is not None and (Path(split_dir) / f"{split}.txt").is_file():
+        return Path(split_dir) / f"{split}.txt"
     return Path(root) / "ImageSets" / "Main" / f"{split}.txt"
 
 
-def read_split(root: str | os.PathLike, split: str) -> list[str]:
-    """The image ids listed in a split file, in file order."""
-    path = split_path(root, split)
+def read_split(root: str | os.PathLike, split: str, split_dir: str | os.PathLike | None = None) -> list[str]:
+    """The image ids listed in a split file (:func:`split_path`), in file order."""
+    path = split_path(root, split, split_dir)
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         hint = f"available: {', '.join(available)}" if available else "is the dataset root right?"
@@ -171,8 +175,9 @@ def write_split(root: str | os.PathLike, split: str, image_ids: Sequence[str]) -
 def discover_classes(root: str | os.PathLike) -> tuple[str, ...]:
     """The class list of a dataset (see the module docstring for the rule)."""
     root = Path(root)
-    splits = ["trainval"] if split_path(root, "trainval").is_file() else sorted(
-        p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+    listed = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+    training = [name for name in ("trainval", "train", "val") if name in listed]
+    splits = training[:1] if training[:1] == ["trainval"] else training or listed
     names: set[str] = set()
     for split in splits:
         for image_id in read_split(root, split):
@@ -190,10 +195,11 @@ class VocDataset:
     annotations are parsed on first use and kept."""
 
     def __init__(self, root: str | os.PathLike, split: str, classes: Sequence[str] | None = None,
-                 check_images: bool = True):
+                 check_images: bool = True, split_dir: str | os.PathLike | None = None):
         self.root = Path(root).expanduser().resolve()
         self.split = split
-        self.image_ids = read_split(self.root, split)
+        self.split_file = split_path(self.root, split, split_dir)
+        self.image_ids = read_split(self.root, split, split_dir)
         self.classes = tuple(classes) if classes is not None else discover_classes(self.root)
         self._annotations: dict[str, Annotation] = {}
         image_folder = self.root / "JPEGImages"
@@ -202,10 +208,10 @@ class VocDataset:
             xml = self.annotation_path(image_id)
             if not xml.is_file():
                 raise DatasetError(f"{xml}: annotation for image {image_id!r} of split "
-                                   f"{split!r} not found; fix {split_path(self.root, split)}")
+                                   f"{split!r} not found; fix {self.split_file}")
             if check_images and image_id not in image_stems:
                 raise DatasetError(f"{image_folder / image_id}.jpg: image for {image_id!r} of split "
-                                   f"{split!r} not found; fix {split_path(self.root, split)}")
+                                   f"{split!r} not found; fix {self.split_file}")
 
     def __len__(self) -> int:
         return len(self.image_ids)
