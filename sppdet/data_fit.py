@@ -8,9 +8,10 @@ Each rule is written so a user can predict it (README, "Settings that follow you
   ``target`` px (SPEC section 4), so an object of side ``s`` (square root of its box area) in an
   image of shorter side ``m`` wants the scale ``target * m / s``. The scales span the 10th to
   90th percentile of that wish over the training objects, at most ``sqrt(2)`` apart (the paper's
-  five scales are 1.2-1.25x apart), at most five, within ``[MIN_SCALE, MAX_SCALE]`` (MAX_SCALE is
-  the paper's largest, 1200) and at most ``MAX_UPSAMPLE`` times the median shorter image side
-  (an image has no detail to show beyond that), rounded to multiples of 16.
+  five scales are 1.2-1.25x apart) but at most five (a wider span gets wider steps), within
+  ``[MIN_SCALE, MAX_SCALE]`` (MAX_SCALE is the paper's largest, 1200) and at most
+  ``MAX_UPSAMPLE`` times the median shorter image side (an image has no detail to show beyond
+  that), rounded to multiples of 16.
 - **Proposals** (:func:`fit_proposals`): selective search runs on the image shrunk so its longer
   side is ``max_side``; small objects need resolution, large images cost time (the search grows
   with the pixels). ``max_side`` is the median longer side scaled so the 10th-percentile object

@@ -28,8 +28,10 @@ decide the rest: an object is ``difficult`` if its clipped box is under 12 px on
 under 40% of its in-image pixels stay visible, or if under 60% of its pixels lie in the image.
 An object with under 5% of its pixels visible is drawn but not annotated.
 
-Splits: 40% of the images are ``test``; the rest are halved into ``train`` and ``val``;
-``trainval`` is their union. Output folders are claimed by ``synth.json``; a non-empty folder
+Splits: 40% of the images are ``test``; of the rest, ``VAL_FRACTION`` (20%, the share
+``sppdet.splits`` carves where a dataset has no val.txt) are ``val`` and the others ``train``;
+``trainval`` is their union. (Before 2026-12-04 val was half of trainval; the test split and the
+images are unchanged.) Output folders are claimed by ``synth.json``; a non-empty folder
 without it is refused, one with it is regenerated.
 """
 
@@ -53,7 +55,7 @@ CLASSES = ("circle", "cross", "square", "star", "triangle")  # sorted, as voc.di
 SPLITS = ("train", "val", "trainval", "test")
 MARKER = "synth.json"
 GENERATOR = "sppdet synth"
-FORMAT = 1  # bump when the images or annotations for a given seed change
+FORMAT = 2  # bump when the images, annotations or splits for a given seed change (2: val 20% of trainval)
 
 SIDE_RANGE = (300, 500)  # px, image width and height
 MIN_OBJECT = 16.0  # px, smallest object diameter
@@ -63,6 +65,7 @@ MAX_OBJECTS = 6
 OVERLAP = 1 / 3  # chance that an object is centred on an earlier one
 JPEG_QUALITY = 90
 TEST_FRACTION = 0.4
+VAL_FRACTION = 0.2  # of trainval
 DIFFICULT_SIDE = 12  # px
 DIFFICULT_VISIBLE = 0.4  # of the in-image pixels
 DIFFICULT_INSIDE = 0.6  # of all pixels (a square cut in half looks like a triangle)
@@ -314,7 +317,7 @@ def split_ids(images: int, seed: int) -> dict[str, list[str]]:
     rng = np.random.default_rng([seed, 0])  # image streams use index >= 1, so 0 is free
     order = [image_id(i) for i in rng.permutation(images) + 1]
     n_test = max(1, round(TEST_FRACTION * images))
-    n_val = max(1, (images - n_test) // 2)
+    n_val = max(1, round(VAL_FRACTION * (images - n_test)))
     splits = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
     splits["trainval"] = splits["train"] + splits["val"]
     return {name: sorted(splits[name]) for name in SPLITS}
