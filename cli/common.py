@@ -79,18 +79,22 @@ def method_option(func):
     )(func)
 
 
-def _parse_views(ctx, param, value: str) -> tuple[str, ...]:
+def _parse_views(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
     try:
-        return check_views([v.strip() for v in value.split(",") if v.strip()])
+        return check_views([v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"])
     except ConfigError as exc:
         raise click.BadParameter(str(exc).removeprefix("--tta ")) from None  # the option is named already
 
 
 def tta_option(help_text: str):
     """``--tta VIEWS``: test-time views of each image (``sppdet.views``), comma-separated."""
-    return click.option("--tta", default="", metavar="hflip[,vflip,rot180]", callback=_parse_views,
+    return click.option("--tta", default=None, metavar="hflip[,vflip,rot180]", callback=_parse_views,
                         help=help_text + " hflip suits natural images; vflip and rot180 only classes "
-                                         "that stay themselves upside down (the demo's shapes).")
+                                         "that stay themselves upside down (the demo's shapes). "
+                                         "Default: none, or the views `sppdet train` chose on val "
+                                         "(for eval and detect); --tta none for none.")
 
 
 def device_option(func):

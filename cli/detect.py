@@ -13,6 +13,8 @@ from cli.common import (device_option, library_errors, method_option, progress_b
 from sppdet.config import DetectConfig
 from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
                                   expand_inputs)
+from sppdet.methods import DEFAULT_METHOD
+from sppdet.records import recorded_views
 from sppdet.store import WorkDir
 
 ROWS_PER_IMAGE = 10
@@ -64,8 +66,10 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
     """
     out = Path(out_dir) if out_dir else WorkDir(workdir).root / "detections"
     json_file = Path(json_path) if json_path else out / "detections.json"
-    config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, tta=tta)
     with library_errors():
+        if tta is None:
+            tta = recorded_views(WorkDir(workdir)) if method == DEFAULT_METHOD else ()
+        config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, tta=tta)
         paths = expand_inputs(inputs)
         detector = ImageDetector(workdir, config, device, method)
         with progress_bar(len(paths), "detect", quiet=quiet) as advance:

@@ -12,10 +12,13 @@ from cli.common import (data_option, library_errors, method_option, progress_bar
                         split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
-from sppdet.detector import detect_split
+from sppdet.detector import detect_split, require_trained
 from sppdet.evaluate import METRICS, EvalResult, evaluate, load_ground_truth
 from sppdet.plots import plot_results
 from sppdet.results_io import read_detections, write_devkit_results, write_summary_json
+from sppdet.methods import DEFAULT_METHOD
+from sppdet.records import recorded_views
+from sppdet.split_caches import ensure_split_caches
 from sppdet.store import WorkDir
 
 
@@ -52,7 +55,7 @@ def _table(result: EvalResult, split: str) -> Table:
               help="Refine the scored windows with the trained box regressors (when train-bbox "
                    "ran); --no-bbox-reg scores them unrefined (the paper's rows without \"bb\").")
 @tta_option("Test-time augmentation: average each window's SVM scores and box deltas over the "
-            "image and these views of it (needs sppdet extract --tta with them on the split).")
+            "image and these views of it (their features are computed for the split when missing).")
 @method_option
 @quiet_option
 def eval_command(workdir, data_root, split, metric, iou_threshold, detections_path, json_path,
@@ -66,12 +69,24 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
     Example: sppdet eval --data data/VOC2007 --split test --detections results/ --json ap.json
     """
     with library_errors():
-        root = WorkDir(workdir).data_root(data_root)
+        work = WorkDir(workdir)
+        root = work.data_root(data_root)
         classes = discover_classes(root)
-        image_ids = read_split(root, split)
+        split_dir = work.split_dir(root)
+        image_ids = read_split(root, split, split_dir)
         with progress_bar(len(image_ids), "annotations", quiet) as advance:
-            annotations = load_ground_truth(root, split, progress=advance)
+            annotations = load_ground_truth(root, split, progress=advance, split_dir=split_dir)
+        if detections_path is None and method == DEFAULT_METHOD:
+            require_trained(work, method)
+            if tta is None:
+                tta = recorded_views(work)
+            computed = ensure_split_caches(work, split, tta, data_root,
+                                           lambda total, text: progress_bar(total, text, quiet))
+            if any(computed.values()):
+                stderr_console.print(f"{split}: computed proposals of {computed['propose']} and features of "
+                                     f"{computed['extract']} images with the recorded settings", markup=False)
         if detections_path is None:
+            tta = tta or ()
             with progress_bar(len(image_ids), "detect", quiet) as advance:
                 detections = detect_split(WorkDir(workdir), split, DetectConfig(bbox_reg=bbox_reg, tta=tta),
                                           data_root=data_root, progress=advance, method=method)
@@ -79,6 +94,8 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
             write_devkit_results(folder, split, detections, classes)
             stderr_console.print(f"devkit results files written to {folder}")
         else:
+            if tta:
+                raise click.UsageError("--tta applies to the work directory's detector, not to --detections")
             detections = read_detections(detections_path, split, classes, image_ids)
         result = evaluate(annotations, detections, classes, metric=metric, iou_threshold=iou_threshold)
         stdout_console.print(_table(result, split))

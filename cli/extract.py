@@ -96,7 +96,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
                               scales=scales, seed=seed, device=device, data_root=data_root,
-                              shard=shard, target=target, views=tta, precision=precision)
+                              shard=shard, target=target, views=tta or (), precision=precision)
         for line in job.settings.warnings:
             stderr_console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:

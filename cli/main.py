@@ -12,7 +12,10 @@ from cli.extract import extract
 from cli.finetune import finetune
 from cli.pretrain import pretrain
 from cli.propose import propose
+from cli.scenery import scenery
+from cli.status import status
 from cli.synth import synth
+from cli.train import train
 from cli.train_bbox import train_bbox
 from cli.train_svm import train_svm
 
@@ -22,10 +25,13 @@ from cli.train_svm import train_svm
 def cli() -> None:
     """SPP-net object detection as cached stages.
 
-    Typical chain: synth -> propose -> extract -> finetune -> train-svm -> train-bbox -> eval,
-    then detect on new images. Every stage caches its output in the work directory.
+    One command trains everything, choosing its settings on a validation split:
+    sppdet train --data DATASET, then sppdet eval --split test and sppdet detect IMAGES.
+    The single stages (propose -> pretrain -> extract -> finetune -> train-svm -> train-bbox)
+    run the same steps one at a time; each caches its output in the work directory, and
+    sppdet status shows what is done.
 
-    Example: sppdet synth data/synth && sppdet propose --data data/synth
+    Example: sppdet synth data/synth && sppdet train --data data/synth
     """
 
 
@@ -36,7 +42,10 @@ cli.add_command(extract)
 cli.add_command(finetune)
 cli.add_command(pretrain)
 cli.add_command(propose)
+cli.add_command(scenery)
+cli.add_command(status)
 cli.add_command(synth)
+cli.add_command(train)
 cli.add_command(train_bbox)
 cli.add_command(train_svm)
 

@@ -198,8 +198,10 @@ def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str |
                             "imagenet (downloads ImageNet weights) or --weights none to mean it")
     prior = extract_record(work)
     prior_config = prior.get("config", {}) if prior else {}
-    same_trunk = bool(prior) and prior.get("weights_source") == chosen and \
-        prior_config.get("backbone") == backbone and float(prior_config.get("width", -1)) == float(width)
+    same_weights = prior_config.get("weights") == "none" if chosen == "none" else \
+        bool(prior) and prior.get("weights_source") == chosen
+    same_trunk = same_weights and prior_config.get("backbone") == backbone and \
+        float(prior_config.get("width", -1)) == float(width)
     if target is None and same_trunk:
         target, sources["target"] = int(prior_config["target"]), "recorded (extract)"
     else:

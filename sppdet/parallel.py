@@ -12,9 +12,10 @@ library never renders anything; the CLI passes a rich progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence, TypeVar
 
 from sppdet.errors import ConfigError
 
@@ -24,8 +25,19 @@ R = TypeVar("R")
 Progress = Callable[..., None]
 
 
+#: ``progress_bar(total, description)``: a context manager yielding a :data:`Progress` callback
+#: (the CLI passes rich bars); drivers that run several stages take one to show each stage's bar.
+ProgressFactory = Callable[[int, str], ContextManager[Progress]]
+
+
 def no_progress(advance: int = 1, **fields) -> None:
     """A progress callback that does nothing."""
+
+
+@contextlib.contextmanager
+def no_progress_bar(total: int, description: str) -> Iterator[Progress]:
+    """A :data:`ProgressFactory` that shows nothing."""
+    yield no_progress
 
 
 def default_workers() -> int:

@@ -147,8 +147,8 @@ def read_json(path: str | os.PathLike) -> Any:
 class WorkDir:
     """A work directory: ``config.json`` plus one hashed folder per stage output."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.root = resolve_workdir(path)
+    def __init__(self, path: "str | os.PathLike | WorkDir | None" = None):
+        self.root = path.root if isinstance(path, WorkDir) else resolve_workdir(path)
 
     @property
     def config_path(self) -> Path:

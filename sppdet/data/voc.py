@@ -9,9 +9,9 @@ the only place they are converted to sppdet's continuous 0-based boxes
 ``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``sppdet.boxes``) and back again in the writer.
 
 Classes: the 20 VOC classes (in the devkit's order) when every name found is a VOC class;
-otherwise the sorted set of names in the ``trainval`` annotations (``train`` and ``val`` if there is
-no trainval; all listed splits if there is neither), or an explicit list. Label index 0 is background; class ``classes[k - 1]`` has
-label ``k``.
+otherwise the sorted set of names in the ``trainval`` annotations (``train`` and ``val`` if there
+is no trainval; all listed splits if there is neither), or an explicit list. Label index 0 is
+background; class ``classes[k - 1]`` has label ``k``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,71 @@
+"""``sppdet train`` with no flags on a dataset of another generator (``sppdet scenery``), then
+``eval --split test`` and ``status``; the test split's images are unreadable while it trains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scenes import cli_runner
+from sppdet.data.voc import read_split
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    work, data = root / "work", root / "cells"
+    sppdet = cli_runner(work)
+    sppdet("scenery", str(data), "--look", "cells", "--images", "24", "--seed", "2", "--workers", "1")
+    empty = sppdet("status").output
+    # train must never open a test image: make them unreadable while it runs
+    test_images = [p for p in (data / "JPEGImages").iterdir() if p.stem in set(read_split(data, "test"))]
+    saved = root / "saved"
+    saved.mkdir()
+    for path in test_images:
+        shutil.copy(path, saved / path.name)
+        path.write_bytes(b"not an image")
+    result = sppdet("train", "--data", str(data))
+    for path in test_images:
+        shutil.copy(saved / path.name, path)
+    return sppdet, root, work, data, result, empty
+
+
+def test_status_of_an_empty_work_directory(trained):
+    empty = trained[5]
+    assert empty.count(" no ") >= 6 and "next: sppdet propose --data DATASET" in empty
+
+
+def test_train_chooses_on_val_and_eval_scores_test_above_chance(trained):
+    sppdet, root, work, data, result, _ = trained
+    assert "val mAP" in result.output and "chosen on val" in result.output
+    summary = json.loads((work / "train-summary.json").read_text())
+    assert summary["splits"]["carved"] and summary["splits"]["val"] == "val"  # scenery writes no val.txt
+    assert {t["what"] for t in summary["selection"]["trials"]} >= {"start", "layer", "C"}
+    val = read_split(data, "val", work / "splits")
+    assert set(val) <= set(read_split(data, "trainval")) and not set(val) & set(read_split(data, "test"))
+    sppdet("eval", "--split", "test", "--json", str(root / "test.json"))
+    test = json.loads((root / "test.json").read_text())
+    # random scores give an AP near the share of positives among the scored windows (< 0.05)
+    assert test["mAP"] > 0.2, test
+
+
+def test_status_of_a_finished_work_directory(trained):
+    sppdet = trained[0]
+    output = sppdet("status").output
+    assert " no " not in output and "chosen on val: val mAP" in output and "next: sppdet eval" in output
+
+
+def test_a_second_train_reuses_everything(trained):
+    sppdet, _, _, data, _, _ = trained
+    again = sppdet("train", "--data", str(data)).output
+    assert "pretrain: cached" in again and "0 images computed" in again
+
+
+def test_status_of_a_half_done_work_directory(trained, tmp_path):
+    data = trained[3]
+    sppdet = cli_runner(tmp_path / "half")
+    sppdet("propose", "--data", str(data), "--split", "trainval", "--workers", "1", "--max-side", "160")
+    output = sppdet("status").output
+    assert "propose" in output and "next: sppdet pretrain" in output
