@@ -252,7 +252,9 @@ def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None,
     return {
         "benchmark": "ablation", "mAP": results, "levels": levels, "recall": recall_table(WorkDir(work)),
         "settings": {"scale_1": scale, "scales_demo": list(demo_scales), "scales_5": list(scales_5),
-                     "rcnn_crop": crop, "rcnn_context": context, "backbone": " ".join(demo.BACKBONE),
+                     "rcnn_crop": crop, "rcnn_context": context,
+                     "backbone": " ".join(option_value(extract, o) and f"{o} {option_value(extract, o)}"
+                                          for o in ("--backbone", "--width")),
                      "demo_svm_layer": option_value(demo_stage("train-svm", work), "--layer") or "fc7",
                      "demo_svm_augment": option_value(demo_stage("train-svm", work), "--augment-positives"),
                      "demo_tta": option_value(demo_stage("eval", work), "--tta"),

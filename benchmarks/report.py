@@ -45,15 +45,15 @@ import report_text
 from sppdet.store import atomic_path, atomic_write_text, read_json
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("demo", "speed", "ablation", "spp", "conv", "eval", "memory")
+STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory")
 #: Steps run one at a time in this order: nothing else runs while a step is timed ...
-ORDER = ("demo", "speed", "spp", "conv", "eval", "ablation")
+ORDER = ("demo", "datasets", "speed", "spp", "conv", "eval", "ablation")
 #: ... except these, which run in the background beside the step named: on two cores, with one
 #: torch thread each, neither slows the other much, and neither one's result is a timing that the
 #: page compares (the ablation reports mAP; bench_memory peak memory, its seconds are indicative).
 BESIDE = {"ablation": "memory"}
 #: What this script writes in WORKDIR; --fresh empties only a folder that holds nothing else.
-OWN = ("demo", "memory", "results")
+OWN = ("demo", "datasets", "memory", "results")
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "OpenCV": "opencv-contrib-python-headless",
             "numpy": "numpy", "scikit-learn": "scikit-learn"}
 
@@ -80,6 +80,9 @@ def plan(work: Path, args) -> dict[str, tuple[list[str], Path | None]]:
     return {
         "demo": ([*python, str(HERE / "demo.py"), "--workdir", str(demo_work), "--images", str(args.images)],
                  demo_work / "demo-times.json"),
+        "datasets": ([*python, str(HERE / "datasets.py"), "--workdir", str(work / "datasets"), "--images",
+                      str(args.dataset_images), "--json", str(results / "datasets.raw.json")],
+                     results / "datasets.raw.json"),
         "speed": ([sppdet_script(), "bench", "speed", "--workdir", str(demo_work), "--images",
                    str(args.speed_images), "--json", str(results / "speed.raw.json"), "--quiet"],
                   results / "speed.raw.json"),
@@ -212,6 +215,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="empty --workdir first (a run from scratch)")
     parser.add_argument("--from-results", action="store_true", help="run nothing; render WORKDIR/results")
     parser.add_argument("--images", type=int, default=400, help="demo images")
+    parser.add_argument("--dataset-images", type=int, default=300, help="images of each scenery dataset")
     parser.add_argument("--speed-images", type=int, default=5, help="images timed by sppdet bench speed")
     parser.add_argument("--memory-counts", default="100,200,400", help="bench_memory training-set sizes")
     parser.add_argument("--eval-images", type=int, default=5000, help="bench_eval images")
@@ -224,7 +228,8 @@ def main() -> int:
     summary_path = work / "results" / "run.json"
     if args.from_results:
         run = read_json(summary_path)
-        results = {name: read_json(work / "results" / f"{name}.json") for name in STEPS}
+        results = {name: read_json(work / "results" / f"{name}.json") for name in STEPS
+                   if name != "datasets" or (work / "results" / f"{name}.json").is_file()}  # older runs lack it
     else:
         if args.fresh and work.exists():
             strangers = sorted(p.name for p in work.iterdir() if p.name not in OWN)

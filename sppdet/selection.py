@@ -3,7 +3,8 @@
 Every candidate is trained on the training split (``sppdet.svm_stage.run_train_svm``, cached by
 its settings like any stage) and scored by the VOC07 mAP of the whole detector on the
 validation split, with the box regressors trained on the training split. The search is greedy,
-one setting at a time, in this order: the SVM layer, C, the object copies as extra positives,
+one setting at a time, in this order: C (every candidate mined in one pass over the images,
+``sppdet.svm_stage.train_svm_variants``), the SVM layer, the object copies as extra positives,
 then the test-time views (which need no training). A candidate replaces the current choice
 only if its val mAP is higher by more than ``MIN_GAIN``: the first candidate of each list is
 the default, kept on a tie. The test split is never read here.
@@ -26,7 +27,8 @@ from sppdet.detector import detect_split
 from sppdet.evaluate import evaluate, load_ground_truth
 from sppdet.parallel import ProgressFactory
 from sppdet.store import WorkDir, atomic_write_json, read_json
-from sppdet.svm_stage import run_train_svm
+from sppdet.svm_stage import run_train_svm, train_svm_variants
+from sppdet.window_source import WindowSource
 
 MIN_GAIN = 0.002
 SCORES_FILE = "selection-scores.json"
@@ -90,11 +92,15 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
 
     current = dataclasses.replace(base, layer=candidates["layer"][0], C=candidates["C"][0],
                                   augment_positives=tuple(candidates["augment_positives"][0]))
+    variants = [dataclasses.replace(current, C=c) for c in candidates["C"]]
+    every_c = ", ".join(map(_value, candidates["C"]))
+    with progress_bar(2 * _count(work, train_split), f"train-svm C {every_c}") as advance:
+        train_svm_variants(work, WindowSource(work, train_split), variants, advance)  # one pass for every C
     train(current)
     best = scorer.score()
     trials.append(Trial("start", _label(current), best, True))
     log(f"val mAP {best:.4f}: {_label(current)}")
-    for what, values in (("layer", candidates["layer"][1:]), ("C", candidates["C"][1:]),
+    for what, values in (("C", candidates["C"][1:]), ("layer", candidates["layer"][1:]),
                          ("augment_positives", candidates["augment_positives"][1:])):
         chosen = current
         for value in values:
@@ -122,8 +128,6 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
 
 
 def _count(work: WorkDir, split: str) -> int:
-    from sppdet.window_source import WindowSource
-
     return len(WindowSource(work, split).image_ids)
 
 

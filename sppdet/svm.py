@@ -243,6 +243,13 @@ def train_svms(positive_features, positive_labels, images: Iterable[ImageWindows
     for windows in images:
         miner.add_image(windows)
         progress(1, negatives=sum(sum(map(len, b)) for b in miner.negative_blocks))
+    return finish_svms(miner, class_names, config, feature_hash, metadata)
+
+
+def finish_svms(miner: HardNegativeMiner, class_names: Sequence[str], config: SvmConfig,
+                feature_hash: str = "", metadata: dict | None = None) -> tuple[SvmModel, list[SvmClassReport]]:
+    """The model of a miner that has seen every image (its final retrains), with its reports;
+    ``ModelError`` if it saw no windows."""
     if miner.feature_scale is None or not miner.images_seen:
         raise ModelError("no windows to mine negatives from; check the split and its proposals")
     reports = miner.finish(class_names)

@@ -57,8 +57,8 @@ from sppdet.finetune_stage import finetuned_head
 from sppdet.head import fc7_features
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
-from sppdet.store import WorkDir
-from sppdet.svm import SvmClassReport, SvmModel, train_svms
+from sppdet.store import WorkDir, atomic_save_npz
+from sppdet.svm import HardNegativeMiner, SvmClassReport, SvmModel, finish_svms
 from sppdet.window_source import WindowSource, image_windows, sample_feature_scale
 from sppdet.windows import collect_positives, extra_positive_boxes, make_image_windows
 
@@ -112,6 +112,12 @@ def layer_head(workdir: WorkDir, source: WindowSource, layer: str):
     return head, f"{source.feature_hash}:{layer}:{head_id}"
 
 
+#: SvmConfig fields that only the hard-negative miner and the solver read: configs that differ in
+#: nothing else see the same windows, so :func:`train_svm_variants` mines them in one pass.
+MINER_FIELDS = ("C", "positive_weight", "hard_threshold", "evict_threshold", "retrain_every",
+                "negative_nms", "tol", "max_iter")
+
+
 def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig = SvmConfig(),
                   data_root=None, progress: Progress = no_progress,
                   method: str = DEFAULT_METHOD, levels=None) -> SvmSummary:
@@ -120,39 +126,63 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
     ``progress`` advances once per image of each of the two passes."""
     start = time.perf_counter()
     source = WindowSource(workdir, split, data_root, levels=levels, method=method)
-    head, feature_hash = layer_head(workdir, source, config.layer)
-    augmenting = _check_augmentation(source, config)
-    folder = workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
-    path = folder / MODEL_FILE
-    reports: list[SvmClassReport] = []
-    if not path.is_file():
-        fc7_weight = _balance_weight(source, head, config.seed) if config.layer == "pool5+fc7" else 1.0
-        transform = None if head is None else partial(svm_features, config.layer, head=head, fc7_weight=fc7_weight)
+    (summary,) = train_svm_variants(workdir, source, [config], progress)
+    path = summary.folder / MODEL_FILE
+    _, feature_hash = layer_head(workdir, source, config.layer)
+    workdir.record_stage(stage_key(STAGE, method), {"folder": summary.folder.name,
+                                                    "model": str(path.relative_to(workdir.root)),
+                                                    "layer": config.layer, "feature_hash": feature_hash,
+                                                    "levels": list(source.levels), "config": config})
+    return SvmSummary(summary.folder, summary.trained, summary.reports, time.perf_counter() - start)
+
+
+def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[SvmConfig],
+                       progress: Progress = no_progress) -> list[SvmSummary]:
+    """Train the SVMs of each config not trained yet, all in one pass over ``source``: the configs
+    may differ only in :data:`MINER_FIELDS` (e.g. several C values), so each image is pooled once
+    and fed to one miner per config. Each model is saved in the folder and bytes a separate
+    :func:`run_train_svm` would give it; nothing is recorded. ``progress`` advances once per image
+    of each of the two passes (all at once when every model exists)."""
+    start = time.perf_counter()
+    first = configs[0]
+    shared = {f: v for f, v in first.__dict__.items() if f not in MINER_FIELDS}
+    for config in configs[1:]:
+        if {f: v for f, v in config.__dict__.items() if f not in MINER_FIELDS} != shared:
+            raise ConfigError("SVM variants trained together may differ only in " + ", ".join(MINER_FIELDS))
+    head, feature_hash = layer_head(workdir, source, first.layer)
+    augmenting = _check_augmentation(source, first)
+    folders = [workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
+               for config in configs]
+    todo = [i for i, folder in enumerate(folders) if not (folder / MODEL_FILE).is_file()]
+    reports: dict[int, list[SvmClassReport]] = {}
+    if todo:
+        fc7_weight = _balance_weight(source, head, first.seed) if first.layer == "pool5+fc7" else 1.0
+        transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight)
         trunk = rebuild_trunk(workdir, source.features_folder, source.info) if augmenting else None
+        copies = _copies_folder(workdir, source, first) if augmenting else None
 
         def positives():
             for index, image_id in enumerate(source.image_ids):
                 progress(1)
-                yield _positive_windows(source, image_id, index, transform, config, trunk)
+                yield _positive_windows(source, image_id, index, transform, first, trunk, copies)
 
         pos_features, pos_labels = collect_positives(positives())
-        scale = sample_feature_scale(source, config.target_norm, transform, seed=config.seed)
-
-        def everything():
-            for image_id in source.image_ids:
-                yield image_windows(source, image_id, transform, None, config.use_difficult)
-
-        model, reports = train_svms(pos_features, pos_labels, everything(), source.classes, config,
-                                    feature_scale=scale, feature_hash=feature_hash, progress=progress,
-                                    metadata={"fc7_weight": fc7_weight})
-        model.save(path)
+        scale = sample_feature_scale(source, first.target_norm, transform, seed=first.seed)
+        miners = [HardNegativeMiner(pos_features, pos_labels, len(source.classes), configs[i], scale)
+                  for i in todo]
+        for image_id in source.image_ids:
+            windows = image_windows(source, image_id, transform, None, first.use_difficult)
+            for miner in miners:
+                miner.add_image(windows)
+            progress(1)
+        for i, miner in zip(todo, miners):
+            model, reports[i] = finish_svms(miner, source.classes, configs[i], feature_hash,
+                                            {"fc7_weight": fc7_weight})
+            model.save(folders[i] / MODEL_FILE)
     else:
         progress(2 * len(source.image_ids))
-    workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
-                                                    "model": str(path.relative_to(workdir.root)),
-                                                    "layer": config.layer, "feature_hash": feature_hash,
-                                                    "levels": list(source.levels), "config": config})
-    return SvmSummary(folder, bool(reports), reports, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return [SvmSummary(folder, i in reports, reports.get(i, []), seconds) for i, folder in enumerate(folders)]
 
 
 def _check_augmentation(source: WindowSource, config: SvmConfig) -> bool:
@@ -165,8 +195,43 @@ def _check_augmentation(source: WindowSource, config: SvmConfig) -> bool:
     return True
 
 
+def _copies_folder(workdir: WorkDir, source: WindowSource, config: SvmConfig) -> Path | None:
+    """The folder caching each image's pooled object copies (``copies-<hash>/<image id>.npz``),
+    or None when the copies are drawn at random ("channels": their channel orders depend on the
+    image's index in the split). Geometric copies depend only on the image, its objects, the
+    trunk, scales and pyramid (the features' hash) and the transforms, so SVMs trained on other
+    splits or with another C reuse them (e.g. ``sppdet train``'s final refit)."""
+    if "channels" in config.augment_positives:
+        return None
+    settings = {"augment": list(config.augment_positives), "use_difficult": config.use_difficult}
+    return workdir.stage_dir("copies", settings, inputs={"features": source.feature_hash,
+                                                         "data": str(source.dataset.root)})
+
+
+def _object_copies(trunk, bgr_path, boxes, source: WindowSource, config: SvmConfig, index: int,
+                   cache: Path | None, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled copies float32 [N, D] and their object index int64 [N] (``augmented_windows``),
+    read from / written to ``cache`` when it is given (an unreadable file is recomputed)."""
+    path = cache / f"{image_id}.npz" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                pooled, of = stored["pooled"], stored["of"]
+            if pooled.ndim == 2 and len(pooled) == len(of):
+                return pooled, of
+        except (OSError, ValueError, KeyError):
+            pass
+    pooled, of = augmented_windows(trunk, load_bgr(bgr_path), boxes, source.info.config.scales,
+                                   config.augment_positives, np.random.default_rng([config.seed, index, 1]),
+                                   source.info.config.target, source.levels,
+                                   precision=source.info.config.precision)
+    if path is not None:
+        atomic_save_npz(path, pooled=pooled, of=of)
+    return pooled, of
+
+
 def _positive_windows(source: WindowSource, image_id: str, index: int, transform, config: SvmConfig,
-                      trunk=None):
+                      trunk=None, copies_cache: Path | None = None):
     """The ground-truth rows of one image plus its extra positives (if any) and, with ``trunk``,
     the transformed copies of its positive objects (``sppdet.augmented_windows``), the latter two
     posing as ground-truth rows of their object's class; this pass pools no other proposals."""
@@ -182,11 +247,8 @@ def _positive_windows(source: WindowSource, image_id: str, index: int, transform
     all_difficult = np.concatenate([difficult, np.zeros(len(boxes), bool)])
     objects = np.flatnonzero((gt_labels > 0) & (config.use_difficult | ~difficult))
     if trunk is not None and len(objects):
-        copies, of = augmented_windows(trunk, load_bgr(source.dataset.image_path(image_id)), gt_boxes[objects],
-                                       source.info.config.scales, config.augment_positives,
-                                       np.random.default_rng([config.seed, index, 1]),
-                                       source.info.config.target, source.levels,
-                                       precision=source.info.config.precision)
+        copies, of = _object_copies(trunk, source.dataset.image_path(image_id), gt_boxes[objects], source, config,
+                                    index, copies_cache, image_id)
         pooled = np.concatenate([pooled, copies])
         all_boxes = np.concatenate([all_boxes, gt_boxes[objects][of]])
         all_labels = np.concatenate([all_labels, gt_labels[objects][of]])

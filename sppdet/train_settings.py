@@ -20,9 +20,11 @@ The TOML file's keys are the stages' options, as in ``sppdet.config`` (underscor
     [select]                    # tta = ["", "hflip"]: test-time view sets tried on val
 
 Declared invariances (``augment``) decide which choices are even tried: pretraining crops are
-augmented with them, object copies for the SVMs (``train-svm --augment-positives``) use their
-geometric part, and test-time views are tried only when the classes stay themselves under them
-(hflip needs flip; rot180 needs rot90; vflip needs both). Default: flip, as for natural images.
+augmented with them; object copies for the SVMs (``train-svm --augment-positives``) are tried as
+the quarter turns when rot90 is declared, else the mirror image when flip is (flip and rot90
+together make 7 copies per object at about twice the cost); test-time views are tried only when
+the classes stay themselves under them (hflip needs flip; rot180 needs rot90; vflip needs both).
+Default: flip, as for natural images.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ TRAIN_DEFAULTS = {
 }
 #: Candidates tried on the validation split unless the file names others (``sppdet.selection``).
 LAYER_CANDIDATES = ("pool5+fc7", "pool5")
-C_CANDIDATES = (0.01, 0.003, 0.03)
+C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
 STAGE_CONFIGS = {"propose": ProposeConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
                  "train-svm": SvmConfig, "train-bbox": BboxRegConfig}
 EXTRACT_KEYS = ("scales", "target", "precision")
@@ -268,7 +270,9 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
     cs = _candidates(svm_file.get("C"), C_CANDIDATES, float)
     if min(cs) <= 0:
         raise ConfigError(f"{origin} [train-svm]: C must be > 0")
-    geometric = tuple(a for a in declared if a in ("flip", "rot90"))
+    # one copies candidate: the 3 quarter turns when rot90 is declared, else the mirror image
+    # (flip and rot90 together make 7 copies per object at about twice the cost)
+    geometric = ("rot90",) if "rot90" in declared else ("flip",) if "flip" in declared else ()
     copies = [()] + ([geometric] if geometric else [])
     if "augment_positives" in select_file:
         copies = [check_augmentations([a.strip() for a in text.split(",") if a.strip() and a != "none"])

@@ -69,3 +69,25 @@ def test_status_of_a_half_done_work_directory(trained, tmp_path):
     sppdet("propose", "--data", str(data), "--split", "trainval", "--workers", "1", "--max-side", "160")
     output = sppdet("status").output
     assert "propose" in output and "next: sppdet pretrain" in output
+
+
+def test_svm_variants_mined_together_equal_separate_runs(trained):
+    import dataclasses
+    import shutil as sh
+
+    from sppdet.config import SvmConfig
+    from sppdet.store import WorkDir
+    from sppdet.svm_stage import MODEL_FILE, run_train_svm, train_svm_variants
+    from sppdet.window_source import WindowSource
+
+    work = WorkDir(trained[2])
+    base = SvmConfig(layer="pool5", C=0.2)
+    together = train_svm_variants(work, WindowSource(work, "train"), [base, dataclasses.replace(base, C=0.5)])
+    assert [s.trained for s in together] == [True, True]
+    model = together[1].folder / MODEL_FILE
+    joint = model.read_bytes()
+    sh.rmtree(together[1].folder)
+    alone = run_train_svm(work, "train", dataclasses.replace(base, C=0.5))
+    assert alone.folder == together[1].folder and (alone.folder / MODEL_FILE).read_bytes() == joint
+    with pytest.raises(Exception, match="may differ only in"):
+        train_svm_variants(work, WindowSource(work, "train"), [base, dataclasses.replace(base, layer="fc7")])
