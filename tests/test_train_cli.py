@@ -91,3 +91,17 @@ def test_svm_variants_mined_together_equal_separate_runs(trained):
     assert alone.folder == together[1].folder and (alone.folder / MODEL_FILE).read_bytes() == joint
     with pytest.raises(Exception, match="may differ only in"):
         train_svm_variants(work, WindowSource(work, "train"), [base, dataclasses.replace(base, layer="fc7")])
+
+
+def test_print_config_is_toml_and_a_bad_config_is_one_line(trained, tmp_path):
+    import tomllib
+
+    sppdet, _, _, data, _, _ = trained
+    printed = sppdet("train", "--data", str(data), "--print-config").output
+    values = tomllib.loads(printed)
+    assert values["augment"] == ["flip"] and "scales" in values["extract"] and "C" in values["train-svm"]
+    assert "# data:" in printed  # each value says where it came from
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pretrain]\nepoch = 3\n")
+    result = sppdet("train", "--data", str(data), "--config", str(bad), code=2)
+    assert "unknown key 'epoch' in [pretrain]" in result.output and "Traceback" not in result.output
