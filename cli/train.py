@@ -34,13 +34,16 @@ def _parse_augment(ctx, param, value: str | None):
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Share of trainval carved as the validation split when the dataset has no "
                    "val.txt (default 0.2, stratified by class).")
+@click.option("--pretrain-minutes", type=click.FloatRange(min=0), default=None,
+              help="Time budget of pretraining: fewer epochs than the data rule's when a short timing "
+                   "probe says they would not fit (0: no budget, the default).")
 @click.option("--print-config", is_flag=True,
               help="Print the effective settings as a TOML file for --config, each with where it "
                    "comes from (default, data rule, file, flag), then stop.")
 @device_option
 @workdir_option
 @quiet_option
-def train(data_root, config_file, augment, val_fraction, print_config, device, workdir, quiet):
+def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print_config, device, workdir, quiet):
     """Train the whole detector on a VOC-layout dataset, choosing settings on a validation split.
 
     Runs propose, pretrain, extract, finetune, train-bbox and train-svm (the same functions as
@@ -55,7 +58,7 @@ def train(data_root, config_file, augment, val_fraction, print_config, device, w
     from sppdet.train_stage import prepare_train, run_train
 
     with library_errors():
-        plan = prepare_train(workdir, data_root, config_file, augment, val_fraction, device)
+        plan = prepare_train(workdir, data_root, config_file, augment, val_fraction, device, pretrain_minutes)
         table = Table(title="sppdet train: settings", show_lines=False)
         for column in ("setting", "value", "from"):
             table.add_column(column)

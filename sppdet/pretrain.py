@@ -51,6 +51,7 @@ inside ``fork_rng``: the same settings, device and torch thread count give ident
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, replace
@@ -325,6 +326,28 @@ def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocData
                                       time.perf_counter() - start))
     model.eval()
     return history
+
+
+def seconds_per_epoch(model: CropClassifier, backbone: Backbone, dataset: VocDataset, proposals: ProposalSource,
+                      config: PretrainConfig, device: torch.device | str = "cpu", groups: int = 2) -> float:
+    """An estimate of one training epoch's seconds on ``device``: :func:`train_classifier`'s loop
+    (crops cut, forward, backward, update) timed over the batches of the first ``groups`` image
+    groups, scaled to the epoch's steps. Trains a throwaway copy; ``model`` is left untouched."""
+    device = torch.device(device)
+    steps = _steps_per_epoch(dataset, proposals, config)
+    probe_steps = max(4, math.ceil(steps * groups * config.images_per_group / max(1, len(dataset))))
+    probe = copy.deepcopy(model).to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(probe.parameters(), lr=config.lr, momentum=config.momentum, fused=True)
+    start, done = time.perf_counter(), 0
+    for crops, labels in crop_batches(dataset, proposals, config, backbone, 0, int(config.sizes[0]), device):
+        loss = nn.functional.cross_entropy(probe(crops.contiguous(memory_format=torch.channels_last)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if done >= probe_steps:
+            break
+    return (time.perf_counter() - start) / max(1, done) * steps
 
 
 def _steps_per_epoch(dataset: VocDataset, proposals: ProposalSource, config: PretrainConfig) -> int:

@@ -30,7 +30,8 @@ from sppdet.data.voc import VocDataset
 from sppdet.errors import WorkdirError
 from sppdet.head import load_head, save_head
 from sppdet.parallel import Progress, no_progress
-from sppdet.pretrain import CropClassifier, EpochStats, check_config, new_classifier, train_classifier
+from sppdet.pretrain import (CropClassifier, EpochStats, check_config, new_classifier, seconds_per_epoch,
+                             train_classifier)
 from sppdet.propose_stage import load_proposals, proposals_dir
 from sppdet.random_windows import random_window_source
 from sppdet.spp import LEVELS, pooled_dim
@@ -98,6 +99,17 @@ def prepare_pretrain(workdir: str | os.PathLike | None = None,
         inputs["proposals"] = work.stage_hash(proposal_folder)
     folder = work.stage_dir(STAGE, config, inputs=inputs)
     return PretrainJob(work, config, dataset, proposal_folder, folder, torch_device)
+
+
+def estimate_epoch_seconds(job: PretrainJob) -> float:
+    """Seconds one epoch of ``job`` should take here (``sppdet.pretrain.seconds_per_epoch``: a
+    short probe on a throwaway model)."""
+    model, backbone = new_classifier(job.config, len(job.dataset.classes))
+    if job.proposal_folder is None:
+        windows = random_window_source(job.dataset, job.config.seed, job.config.parts_per_object)
+    else:
+        windows = partial(load_proposals, job.proposal_folder)
+    return seconds_per_epoch(model, backbone, job.dataset, windows, job.config, job.device)
 
 
 def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> PretrainSummary:

@@ -10,6 +10,7 @@ The TOML file's keys are the stages' options, as in ``sppdet.config`` (underscor
 
     augment = ["flip"]          # what the classes stay under: flip, rot90, channels
     val_fraction = 0.2          # share of trainval carved as val when there is no val.txt
+    pretrain_minutes = 0        # a time budget: fewer epochs when the rule's would not fit (0: none)
 
     [propose]                   # ProposeConfig: max_side, min_size, max_proposals, mode
     [pretrain]                  # PretrainConfig: width, epochs, sizes, windows, ...
@@ -59,7 +60,7 @@ C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
 STAGE_CONFIGS = {"propose": ProposeConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
                  "train-svm": SvmConfig, "train-bbox": BboxRegConfig}
 EXTRACT_KEYS = ("scales", "target", "precision")
-TOP_KEYS = ("augment", "val_fraction", "propose", "pretrain", "extract", "finetune", "train-svm",
+TOP_KEYS = ("augment", "val_fraction", "pretrain_minutes", "propose", "pretrain", "extract", "finetune", "train-svm",
             "train-bbox", "select")
 #: Fields ``sppdet train`` sets itself (per run), never from a file.
 RESERVED = {"pretrain": ("augment",), "train-svm": ("augment_positives",)}
@@ -74,6 +75,7 @@ class TrainSettings:
     data_root: Path
     augment: tuple[str, ...]
     val_fraction: float
+    pretrain_minutes: float  # 0: no budget; else pretraining epochs are cut to fit (sppdet.train_stage)
     propose: ProposeConfig
     pretrain: PretrainConfig
     extract: dict
@@ -87,7 +89,8 @@ class TrainSettings:
         """(setting, value, source) rows for tables and ``--print-config``."""
         rows = [("data", str(self.data_root), self.sources.get("data", "flag")),
                 ("augment", ",".join(self.augment) or "none", self.sources["augment"]),
-                ("val_fraction", f"{self.val_fraction:g}", self.sources["val_fraction"])]
+                ("val_fraction", f"{self.val_fraction:g}", self.sources["val_fraction"]),
+                ("pretrain_minutes", f"{self.pretrain_minutes:g}", self.sources["pretrain_minutes"])]
         for section, config in (("propose", self.propose), ("pretrain", self.pretrain),
                                 ("finetune", self.finetune), ("train-svm", self.svm), ("train-bbox", self.bbox)):
             for f in dataclasses.fields(config):
@@ -106,7 +109,9 @@ class TrainSettings:
         (candidate lists as lists; the dataset is a comment: it is given with --data)."""
         lines = [f"# sppdet train --print-config; dataset {self.data_root}",
                  f"augment = {_toml(list(self.augment))}  # {self.sources['augment']}",
-                 f"val_fraction = {_toml(self.val_fraction)}  # {self.sources['val_fraction']}"]
+                 f"val_fraction = {_toml(self.val_fraction)}  # {self.sources['val_fraction']}",
+                 f"pretrain_minutes = {_toml(self.pretrain_minutes)}  # {self.sources['pretrain_minutes']}"
+                 " (0: no budget)"]
         sections = (("propose", self.propose), ("pretrain", self.pretrain), ("finetune", self.finetune),
                     ("train-svm", self.svm), ("train-bbox", self.bbox))
         for section, config in sections:
@@ -207,7 +212,7 @@ def _parse_views(text: str) -> tuple[str, ...]:
 def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: TrainingSplits,
                            file_values: dict | None = None, file_name: str = "",
                            augment: tuple[str, ...] | None = None,
-                           val_fraction: float | None = None) -> TrainSettings:
+                           val_fraction: float | None = None, pretrain_minutes: float | None = None) -> TrainSettings:
     """The settings of ``sppdet train`` on ``train_dataset`` (the training split, whose
     annotations the data rules read) in the order of precedence of the module docstring."""
     file_values = file_values or {}
@@ -226,6 +231,9 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
 
     declared = check_augmentations(tuple(pick("augment", augment, ("flip",))))
     fraction = float(pick("val_fraction", val_fraction, VAL_FRACTION))
+    budget = pick("pretrain_minutes", pretrain_minutes, 0.0)
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget < 0:
+        raise ConfigError(f"{origin}: pretrain_minutes must be a number >= 0 (0: no budget)")
     sizes = object_sizes(train_dataset)
     max_side, min_size = fit_proposals(sizes)
     rules = {
@@ -287,7 +295,7 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
     svm = dataclasses.replace(configs["train-svm"], layer=layers[0], C=cs[0])
     for key in ("layer", "C"):
         sources[f"train-svm.{key}"] = "chosen on val (first candidate shown)"
-    return TrainSettings(data_root=data_root, augment=declared, val_fraction=fraction,
+    return TrainSettings(data_root=data_root, augment=declared, val_fraction=fraction, pretrain_minutes=float(budget),
                          propose=configs["propose"], pretrain=configs["pretrain"],
                          extract={"scales": scales, "target": target, "precision": precision},
                          finetune=configs["finetune"], svm=svm, bbox=configs["train-bbox"],

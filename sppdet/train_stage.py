@@ -30,17 +30,19 @@ from sppdet.data.voc import VocDataset
 from sppdet.extract_stage import prepare_extract, run_extract
 from sppdet.finetune_stage import run_finetune
 from sppdet.parallel import ProgressFactory, no_progress_bar
-from sppdet.pretrain_stage import prepare_pretrain, run_pretrain
+from sppdet.data_fit import MIN_PRETRAIN_EPOCHS
+from sppdet.pretrain_stage import estimate_epoch_seconds, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.records import SELECTION_RECORD
 from sppdet.selection import Selection, ValScorer, select_settings
 from sppdet.splits import VAL_FRACTION, TrainingSplits, resolve_training_splits
-from sppdet.store import WorkDir, atomic_write_json, to_jsonable
+from sppdet.store import WorkDir, atomic_write_json, content_hash, read_json, to_jsonable
 from sppdet.svm_stage import run_train_svm
 from sppdet.train_settings import TrainSettings, read_config_file, resolve_train_settings
 from sppdet.window_source import WindowSource
 
 SUMMARY_FILE = "train-summary.json"
+BUDGET_FILE = "pretrain-budget.json"
 
 
 @dataclass
@@ -75,7 +77,8 @@ class TrainResult:
 
 def prepare_train(workdir: str | os.PathLike | WorkDir | None, data_root: str | os.PathLike | None,
                   config_file: str | os.PathLike | None = None, augment: tuple[str, ...] | None = None,
-                  val_fraction: float | None = None, device: str = "auto") -> TrainPlan:
+                  val_fraction: float | None = None, device: str = "auto",
+                  pretrain_minutes: float | None = None) -> TrainPlan:
     """Resolve a run: read the config file, record the dataset, resolve (and write) the splits,
     and the settings with their sources. Reads only the training split's annotations."""
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
@@ -87,7 +90,7 @@ def prepare_train(workdir: str | os.PathLike | WorkDir | None, data_root: str | 
         work.set_data_root(root)
     train_dataset = VocDataset(root, splits.train, check_images=False, split_dir=work.split_dir(root))
     settings = resolve_train_settings(root, train_dataset, splits, file_values, str(config_file or ""),
-                                      augment, val_fraction)
+                                      augment, val_fraction, pretrain_minutes)
     return TrainPlan(work, splits, settings, device)
 
 
@@ -114,6 +117,13 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
 
     def pretrain() -> str:
         job = prepare_pretrain(work, settings.pretrain, split=splits.train, device=plan.device)
+        if settings.pretrain_minutes and not job.done:
+            epochs = budget_epochs(work, job, settings.pretrain_minutes)
+            if epochs < job.config.epochs:
+                log(f"  pretraining budget {settings.pretrain_minutes:g} min: {epochs} epochs instead of "
+                    f"{job.config.epochs}")
+                job = prepare_pretrain(work, dataclasses.replace(settings.pretrain, epochs=epochs),
+                                       split=splits.train, device=plan.device)
         with progress_bar(0 if job.done else job.steps, f"pretrain {splits.train}") as advance:
             summary = run_pretrain(job, progress=advance)
         last = summary.history[-1]
@@ -180,6 +190,24 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
         "times": [dataclasses.asdict(t) for t in times], "seconds": seconds,
         "selection": to_jsonable(chosen), "val_map": chosen.val_map})
     return TrainResult(plan, chosen, times, seconds, path)
+
+
+def budget_epochs(work: WorkDir, job, minutes: float) -> int:
+    """Epochs of ``job`` (a ``PretrainJob``) that fit in ``minutes``, from a short timing probe
+    (``sppdet.pretrain_stage.estimate_epoch_seconds``), at least ``MIN_PRETRAIN_EPOCHS`` and at
+    most the planned epochs. The answer is kept in ``WORKDIR/pretrain-budget.json`` under the
+    settings and budget it was made for, so a re-run reuses the trunk instead of probing again."""
+    key = content_hash({"config": job.config, "split": job.dataset.split, "minutes": minutes,
+                        "data": str(job.dataset.root)})
+    path = work.root / BUDGET_FILE
+    decisions = read_json(path) if path.is_file() else {}
+    if key not in decisions:
+        per_epoch = estimate_epoch_seconds(job)
+        fitting = int(minutes * 60 // max(per_epoch, 1e-6))
+        decisions[key] = {"epochs": max(MIN_PRETRAIN_EPOCHS, min(job.config.epochs, fitting)),
+                          "seconds_per_epoch": per_epoch, "minutes": minutes}
+        atomic_write_json(path, decisions)
+    return int(decisions[key]["epochs"])
 
 
 def _images(work: WorkDir, split: str) -> int:

@@ -105,3 +105,26 @@ def test_print_config_is_toml_and_a_bad_config_is_one_line(trained, tmp_path):
     bad.write_text("[pretrain]\nepoch = 3\n")
     result = sppdet("train", "--data", str(data), "--config", str(bad), code=2)
     assert "unknown key 'epoch' in [pretrain]" in result.output and "Traceback" not in result.output
+
+
+def test_a_pretraining_budget_cuts_epochs_once_and_is_remembered(trained, monkeypatch):
+    import dataclasses
+
+    import sppdet.train_stage as train_stage
+    from sppdet.config import PretrainConfig
+    from sppdet.pretrain_stage import prepare_pretrain
+    from sppdet.store import WorkDir
+
+    work = WorkDir(trained[2])
+    config = dataclasses.replace(PretrainConfig(), windows="random", epochs=30, width=0.125, hidden=(32, 32))
+    job = prepare_pretrain(work, config, split="train", device="cpu")
+    seconds = train_stage.estimate_epoch_seconds(job)
+    assert seconds > 0
+    assert train_stage.budget_epochs(work, job, 30 * seconds / 60 * 10) == 30  # fits: the planned epochs
+    assert train_stage.budget_epochs(work, job, 1e-4) == 4  # never fewer than MIN_PRETRAIN_EPOCHS
+
+    def no_probe(job):
+        raise AssertionError("the decision should have been remembered")
+
+    monkeypatch.setattr(train_stage, "estimate_epoch_seconds", no_probe)
+    assert train_stage.budget_epochs(work, job, 1e-4) == 4
