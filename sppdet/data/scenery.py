@@ -67,7 +67,8 @@ import cv2
 import numpy as np
 
 from sppdet.data.voc import Annotation, read_annotation, write_annotation, write_split
-from sppdet.errors import ConfigError, DatasetError
+from sppdet.data.claim import check_output as claimed_output
+from sppdet.errors import ConfigError
 from sppdet.parallel import Progress, map_unordered, no_progress
 from sppdet.store import atomic_write_bytes, atomic_write_json
 
@@ -752,20 +753,9 @@ def split_ids(images: int, seed: int, with_val: bool = False) -> dict[str, list[
 
 
 def check_output(root: str | os.PathLike) -> Path:
-    """``root`` resolved, if it may receive a scenery dataset: new, empty, or holding
-    ``scenery.json`` from an earlier build; otherwise ``DatasetError`` naming it. Writes nothing."""
-    root = Path(root).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder; choose another output folder")
-    if root.is_dir() and any(root.iterdir()):
-        try:
-            marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            marker = None
-        if not isinstance(marker, dict) or marker.get("generator") != GENERATOR:
-            raise DatasetError(f"{root}: folder is not empty and holds no sppdet scenery dataset "
-                               f"(no valid {MARKER}); choose a new or empty folder")
-    return root
+    """``root`` resolved, if it may receive a scenery dataset: new, empty, or holding ``scenery.json``
+    from an earlier build; otherwise ``DatasetError`` naming it. Writes nothing."""
+    return claimed_output(root, MARKER, GENERATOR)
 
 
 def _marker(look: str, images: int, seed: int, with_val: bool, complete: bool) -> dict:

@@ -47,7 +47,8 @@ import cv2
 import numpy as np
 
 from sppdet.data.voc import Annotation, read_annotation, write_annotation, write_split
-from sppdet.errors import ConfigError, DatasetError
+from sppdet.data.claim import check_output as claimed_output
+from sppdet.errors import ConfigError
 from sppdet.parallel import Progress, map_unordered, no_progress
 from sppdet.store import atomic_write_bytes, atomic_write_json
 
@@ -326,18 +327,7 @@ def split_ids(images: int, seed: int) -> dict[str, list[str]]:
 def check_output(root: str | os.PathLike) -> Path:
     """``root`` resolved, if it may receive a synth dataset: new, empty, or holding ``synth.json``
     from an earlier build; otherwise ``DatasetError`` naming it. Writes nothing."""
-    root = Path(root).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder; choose another output folder")
-    if root.is_dir() and any(root.iterdir()):
-        try:
-            marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            marker = None
-        if not isinstance(marker, dict) or marker.get("generator") != GENERATOR:
-            raise DatasetError(f"{root}: folder is not empty and holds no sppdet synth dataset "
-                               f"(no valid {MARKER}); choose a new or empty folder")
-    return root
+    return claimed_output(root, MARKER, GENERATOR)
 
 
 def _claim(root: Path, images: int, seed: int) -> None:
