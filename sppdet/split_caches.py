@@ -10,6 +10,7 @@ the SVMs trained on those features score them. Images already cached are only ch
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 from sppdet.detect_images import recorded_propose_config
@@ -25,11 +26,14 @@ def ensure_split_caches(work: WorkDir, split: str, views: Sequence[str] = (),
                         progress_bar: ProgressFactory = no_progress_bar, device: str = "auto") -> dict[str, int]:
     """Compute the missing proposals and features (and ``views``' features) of ``split``; returns
     how many images each step computed (``{"propose": n, "extract": m}``). ``WorkdirError`` if the
-    work directory records no extract (nothing to be consistent with)."""
+    work directory records no extract (nothing to be consistent with). A ``data_root`` other than
+    the recorded dataset computes nothing (the caches belong to the recorded one)."""
     record = extract_record(work)
     if not record:
         raise WorkdirError(f"{work.root}: no conv features recorded; run sppdet train (or extract) first")
-    propose_job = prepare_propose(work, recorded_propose_config(work), split, data_root)
+    if data_root is not None and Path(data_root).expanduser().resolve() != work.data_root():
+        return {"propose": 0, "extract": 0}  # another dataset: its caches are not this detector's to make
+    propose_job = prepare_propose(work, recorded_propose_config(work), split)
     computed = {"propose": len(propose_job.todo), "extract": 0}
     if propose_job.todo:
         with progress_bar(len(propose_job.todo), f"propose {split}") as advance:
@@ -37,7 +41,7 @@ def ensure_split_caches(work: WorkDir, split: str, views: Sequence[str] = (),
     config = record["config"]
     weights = "none" if config["weights"] == "none" else record.get("weights_source")
     job = prepare_extract(work, split, backbone=config["backbone"], width=config["width"], weights=weights,
-                          scales=config["scales"], seed=config["seed"], device=device, data_root=data_root,
+                          scales=config["scales"], seed=config["seed"], device=device,
                           target=config["target"], views=views, precision=config.get("precision", "float32"))
     if job.folder.name != record["folder"]:
         raise WorkdirError(f"{work.root / record['folder']}: the recorded trunk no longer rebuilds the same "
