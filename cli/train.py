@@ -25,7 +25,7 @@ def _parse_augment(ctx, param, value: str | None):
 @data_option
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TOML file of stage options ([propose], [pretrain], [extract], [finetune], "
-                   "[train-svm], [train-bbox], [select]; README, \"sppdet train\").")
+                   "[train-svm], [train-bbox], [select]; README, \"Settings that follow your data\").")
 @click.option("--augment", default=None, metavar="flip[,rot90,channels]", callback=_parse_augment,
               help="What the classes stay under: flip (default, natural images), rot90 (any quarter "
                    "turn), channels (any colour order), or none. Pretraining crops are augmented "
