@@ -83,7 +83,7 @@ class ValScorer:
 def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates: dict,
                     scorer: ValScorer, progress_bar: ProgressFactory,
                     log: Callable[[str], None] = lambda line: None) -> Selection:
-    """Greedy choice of layer, C, object copies and views (module docstring)."""
+    """Greedy choice of C, the layer, the object copies and the views (module docstring)."""
     trials: list[Trial] = []
 
     def train(config: SvmConfig) -> None:
