@@ -91,3 +91,17 @@ def test_auto_precision_follows_the_hardware(tmp_path):
     flags.write_text("flags : fpu sse avx2\n")
     assert auto_precision("cpu", str(flags)) == "float32"
     assert auto_precision("cpu", str(tmp_path / "missing")) == "float32"
+
+
+def test_cli_pretrain_then_extract_without_width_uses_the_trunk(tmp_path, voc):
+    from scenes import cli_runner
+
+    sppdet = cli_runner(tmp_path / "cli-work")
+    sppdet("pretrain", "--data", str(voc), "--width", "0.125", "--epochs", "1", "--sizes", "48,40",
+           "--hidden", "16,16", "--windows", "random", "--batch-size", "8")
+    result = sppdet("extract", "--scales", "64")
+    record = WorkDir(tmp_path / "cli-work").config()["stages"]["extract"]
+    assert record["config"]["width"] == 0.125 and record["weights_source"].endswith("trunk.pt")
+    assert "RANDOM" not in result.output and "warning" not in result.output
+    wrong = sppdet("extract", "--scales", "64", "--width", "1", code=2)
+    assert "leave out --width" in wrong.output and "Traceback" not in wrong.output
