@@ -134,10 +134,13 @@ def _rank_within_label(labels: np.ndarray) -> np.ndarray:
 
 
 def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
-                 progress: Progress = no_progress, method: str = DEFAULT_METHOD) -> Detections:
-    """The detector trained with ``method`` run over every image of ``split`` from the caches."""
+                 progress: Progress = no_progress, method: str = DEFAULT_METHOD,
+                 source: WindowSource | None = None) -> Detections:
+    """The detector trained with ``method`` run over every image of ``split`` from the caches;
+    ``source``: the split's windows when the caller keeps one (it must pool at the recorded levels)."""
     levels = require_trained(workdir, method).get("levels")
-    source = WindowSource(workdir, split, data_root, levels=levels, method=method)
+    if source is None or tuple(source.levels) != tuple(levels or source.levels):
+        source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config, method)
     names = check_views(config.tta)
     per_image = {}

@@ -11,7 +11,8 @@ the default, kept on a tie. The test split is never read here.
 
 Scores are cached in ``WORKDIR/selection-scores.json`` under the identity of what was scored
 (the SVM and regressor folders, the views and the val split's image ids), so a re-run of
-``sppdet train`` does not recompute them.
+``sppdet train`` does not recompute them; within a run, the val windows each candidate scores are
+pooled once (:class:`PooledCache`, up to ``POOLED_CACHE_BYTES``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import numpy as np
 
 from sppdet.config import DetectConfig, SvmConfig
 from sppdet.data.voc import discover_classes
@@ -32,6 +35,8 @@ from sppdet.window_source import WindowSource
 
 MIN_GAIN = 0.002
 SCORES_FILE = "selection-scores.json"
+#: Memory for the val split's pooled windows, kept across candidates (:class:`PooledCache`).
+POOLED_CACHE_BYTES = 1e9
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,34 @@ class Selection:
     trials: list[Trial]
 
 
+class PooledCache(WindowSource):
+    """A :class:`WindowSource` that keeps the pooled proposals of each (image, view) it pooled,
+    as float16 (exact: SPP max-pools float16 maps), until ``budget`` bytes are held; then it pools
+    the rest as usual. Scoring many candidates on val pools the same windows each time, and this
+    saves that work without letting memory grow past the budget."""
+
+    def __init__(self, work: WorkDir, split: str, budget: float):
+        super().__init__(work, split)
+        self.budget, self.held = budget, 0
+        self.kept: dict[tuple[str, str | None], np.ndarray] = {}
+
+    def pool(self, image_id: str, boxes: np.ndarray, view: str | None = None) -> np.ndarray:
+        key = (image_id, view)
+        if key in self.kept and len(self.kept[key]) == len(boxes):
+            return self.kept[key].astype(np.float32)
+        pooled = super().pool(image_id, boxes, view)
+        if self.held + pooled.size * 2 <= self.budget:
+            self.kept[key] = pooled.astype(np.float16)
+            self.held += pooled.size * 2
+        return pooled
+
+
 class ValScorer:
     """The val mAP of the work directory's current detector with given views (cached)."""
 
     def __init__(self, work: WorkDir, val_split: str, progress_bar: ProgressFactory):
         self.work, self.split, self.progress_bar = work, val_split, progress_bar
+        self.windows = PooledCache(work, val_split, POOLED_CACHE_BYTES)
         root = work.data_root()
         self.ground_truth = load_ground_truth(root, val_split, split_dir=work.split_dir(root))
         self.classes = discover_classes(root)
@@ -74,7 +102,8 @@ class ValScorer:
                         ",".join(tta), self.ids_hash])
         if key not in self.cache:
             with self.progress_bar(len(self.ground_truth), f"score on {self.split}") as advance:
-                detections = detect_split(self.work, self.split, DetectConfig(tta=tuple(tta)), progress=advance)
+                detections = detect_split(self.work, self.split, DetectConfig(tta=tuple(tta)), progress=advance,
+                                          source=self.windows)
             self.cache[key] = float(evaluate(self.ground_truth, detections, self.classes).mAP)
             atomic_write_json(self.path, self.cache)
         return self.cache[key]

@@ -128,3 +128,21 @@ def test_a_pretraining_budget_cuts_epochs_once_and_is_remembered(trained, monkey
 
     monkeypatch.setattr(train_stage, "estimate_epoch_seconds", no_probe)
     assert train_stage.budget_epochs(work, job, 1e-4) == 4
+
+
+def test_pooled_cache_gives_the_same_detections(trained):
+    import numpy as np
+
+    from sppdet.config import DetectConfig
+    from sppdet.detector import detect_split
+    from sppdet.selection import PooledCache
+    from sppdet.store import WorkDir
+
+    work = WorkDir(trained[2])
+    cache = PooledCache(work, "val", budget=1e9)
+    plain = detect_split(work, "val", DetectConfig())
+    for _ in range(2):  # the second pass reads the cache
+        cached = detect_split(work, "val", DetectConfig(), source=cache)
+        assert all(np.array_equal(getattr(plain, f), getattr(cached, f)) for f in plain.__dataclass_fields__)
+    assert cache.held > 0
+    assert PooledCache(work, "val", budget=0).pool("x", np.zeros((0, 4), np.float32)).shape[0] == 0
