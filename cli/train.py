@@ -86,9 +86,8 @@ def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print
     stdout_console.print(times)
     chosen = result.selection
     stdout_console.print(
-        f"chosen on {plan.splits.val}: layer {chosen.svm.layer}, C {chosen.svm.C:g}, copies "
-        f"{','.join(chosen.svm.augment_positives) or 'none'}, views {','.join(chosen.tta) or 'none'} "
-        f"(val mAP {chosen.val_map:.4f}, models trained on {plan.splits.train}); final SVMs and regressors "
-        f"refit on {plan.splits.final}", markup=False, highlight=False)
+        f"chosen on {plan.splits.val}: {chosen.describe()} (val mAP {chosen.val_map:.4f}, models trained on "
+        f"{plan.splits.train}); final SVMs and regressors refit on {plan.splits.final}",
+        markup=False, highlight=False)
     stdout_console.print(f"summary: {result.summary}", soft_wrap=True, markup=False, highlight=False)
     stdout_console.print("next: sppdet eval --split test", markup=False, highlight=False)

@@ -114,22 +114,15 @@ class ExtractSummary:
     device: str
 
 
-def _our_trunks(workdir: WorkDir) -> list[dict]:
-    """Records of the trunks sppdet trained in ``workdir``, newest first (``sppdet.records``), as
-    ``{"weights", "backbone", "width"}`` dictionaries."""
-    return [{"weights": str(t.weights), "backbone": t.backbone, "width": t.width}
-            for t in trained_trunks(workdir)]
-
-
 def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
                     width: float) -> str:
     """``weights`` if given; else the fine-tuned, then the pretrained trunk recorded for this
     backbone and width (see the module docstring); else ``"none"``."""
     if weights is not None:
         return str(weights)
-    for record in _our_trunks(workdir):
-        if record["backbone"] == backbone and float(record["width"]) == width:
-            return record["weights"]
+    for trunk in trained_trunks(workdir):
+        if trunk.backbone == backbone and trunk.width == width:
+            return str(trunk.weights)
     return "none"
 
 
@@ -308,6 +301,15 @@ def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: s
                       image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
                       backbone=net, config=config, folder=folder, device=torch_device, views=views,
                       settings=settings)
+
+
+def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, weights: str | os.PathLike,
+                         device: str = "auto", data_root: str | os.PathLike | None = None,
+                         views: Sequence[str] = ()) -> ExtractJob:
+    """An extract job computing ``split``'s features exactly as ``config`` (a features folder's:
+    backbone, width, scales, seed, target, precision), with the trunk in ``weights``."""
+    return prepare_extract(workdir, split, config.backbone, config.width, weights, config.scales, config.seed,
+                           device, data_root, target=config.target, views=views, precision=config.precision)
 
 
 def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:

@@ -46,7 +46,7 @@ from sppdet.config import FinetuneConfig
 from sppdet.data.images import load_bgr
 from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.extract_stage import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, feature_trunk, features_dir,
-                                  features_info, prepare_extract, run_extract)
+                                  features_info, prepare_extract_like, run_extract)
 from sppdet.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.head import FcHead, iterate_minibatches, load_head, save_head, train_head
 from sppdet.methods import DEFAULT_METHOD, stage_key
@@ -149,10 +149,7 @@ def _recompute_job(workdir: WorkDir, start: Path, trunk_path: Path, split: str, 
     """The extract job recomputing ``split``'s features with the fine-tuned trunk, with the
     backbone, width, scales, seed, scale-choice target and precision of the features training
     started from."""
-    config = features_info(start).config
-    return prepare_extract(workdir.root, split, config.backbone, config.width, trunk_path,
-                           config.scales, config.seed, device, data_root, target=config.target,
-                           precision=config.precision)
+    return prepare_extract_like(workdir, split, features_info(start).config, trunk_path, device, data_root)
 
 
 def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConfig = FinetuneConfig(),

@@ -42,8 +42,8 @@ def _stages(work: WorkDir) -> dict:
 
 def trained_trunks(work: WorkDir) -> list[TrunkRecord]:
     """The trunks sppdet trained in ``work``, newest first: the ``finetune --train-conv`` trunk if
-    it was fine-tuned from the current pretrained one, then the pretrained trunk. Records whose
-    weights file is gone are left out."""
+    it was fine-tuned from the current pretrained one, then the pretrained trunk (whether or not
+    their weights files still exist: the stages that load them say so)."""
     stages = _stages(work)
     pretrain, tuned = stages.get(PRETRAIN_RECORD, {}), stages.get(TUNED_TRUNK_RECORD, {})
     sizes = tuple(int(s) for s in pretrain.get("config", {}).get("sizes", ()))

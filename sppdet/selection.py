@@ -59,6 +59,10 @@ class Selection:
     val_map: float
     trials: list[Trial]
 
+    def describe(self) -> str:
+        """One line: the chosen layer, C, copies and views."""
+        return f"{_label(self.svm)}, views {','.join(self.tta) or 'none'}"
+
 
 class PooledCache(WindowSource):
     """A :class:`WindowSource` that keeps the pooled proposals of each (image, view) it pooled,
@@ -116,14 +120,14 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
     trials: list[Trial] = []
 
     def train(config: SvmConfig) -> None:
-        with progress_bar(2 * _count(work, train_split), f"train-svm {_label(config)}") as advance:
+        with progress_bar(2 * split_size(work, train_split), f"train-svm {_label(config)}") as advance:
             run_train_svm(work, train_split, config, progress=advance)
 
     current = dataclasses.replace(base, layer=candidates["layer"][0], C=candidates["C"][0],
                                   augment_positives=tuple(candidates["augment_positives"][0]))
     variants = [dataclasses.replace(current, C=c) for c in candidates["C"]]
     every_c = ", ".join(map(_value, candidates["C"]))
-    with progress_bar(2 * _count(work, train_split), f"train-svm C {every_c}") as advance:
+    with progress_bar(2 * split_size(work, train_split), f"train-svm C {every_c}") as advance:
         train_svm_variants(work, WindowSource(work, train_split), variants, advance)  # one pass for every C
     train(current)
     best = scorer.score()
@@ -156,7 +160,8 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
     return Selection(svm=current, tta=views, val_map=best, trials=trials)
 
 
-def _count(work: WorkDir, split: str) -> int:
+def split_size(work: WorkDir, split: str) -> int:
+    """Images in ``split`` of the work directory's dataset (progress totals)."""
     return len(WindowSource(work, split).image_ids)
 
 

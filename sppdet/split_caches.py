@@ -15,11 +15,12 @@ from typing import Sequence
 
 from sppdet.detect_images import recorded_propose_config
 from sppdet.errors import WorkdirError
-from sppdet.extract_stage import prepare_extract, run_extract
+from sppdet.extract_stage import features_info, prepare_extract_like, run_extract
 from sppdet.parallel import ProgressFactory, no_progress_bar
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.records import extract_record
 from sppdet.store import WorkDir
+
 
 def ensure_split_caches(work: WorkDir, split: str, views: Sequence[str] = (),
                         data_root: str | os.PathLike | None = None,
@@ -38,11 +39,9 @@ def ensure_split_caches(work: WorkDir, split: str, views: Sequence[str] = (),
     if propose_job.todo:
         with progress_bar(len(propose_job.todo), f"propose {split}") as advance:
             run_propose(propose_job, progress=advance)
-    config = record["config"]
-    weights = "none" if config["weights"] == "none" else record.get("weights_source")
-    job = prepare_extract(work, split, backbone=config["backbone"], width=config["width"], weights=weights,
-                          scales=config["scales"], seed=config["seed"], device=device,
-                          target=config["target"], views=views, precision=config.get("precision", "float32"))
+    config = features_info(work.root / record["folder"]).config
+    weights = "none" if config.weights == "none" else record.get("weights_source")
+    job = prepare_extract_like(work, split, config, weights, device, views=views)
     if job.folder.name != record["folder"]:
         raise WorkdirError(f"{work.root / record['folder']}: the recorded trunk no longer rebuilds the same "
                            f"features (got {job.folder.name}); restore its weights file or re-run sppdet train")

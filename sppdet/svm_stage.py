@@ -77,6 +77,7 @@ class SvmSummary:
     trained: bool
     reports: list[SvmClassReport]
     seconds: float
+    feature_hash: str = ""  # what the SVMs read (features, layer and head), checked when loaded
 
 
 def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:
@@ -128,12 +129,12 @@ def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig =
     source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     (summary,) = train_svm_variants(workdir, source, [config], progress)
     path = summary.folder / MODEL_FILE
-    _, feature_hash = layer_head(workdir, source, config.layer)
     workdir.record_stage(stage_key(STAGE, method), {"folder": summary.folder.name,
                                                     "model": str(path.relative_to(workdir.root)),
-                                                    "layer": config.layer, "feature_hash": feature_hash,
+                                                    "layer": config.layer, "feature_hash": summary.feature_hash,
                                                     "levels": list(source.levels), "config": config})
-    return SvmSummary(summary.folder, summary.trained, summary.reports, time.perf_counter() - start)
+    return SvmSummary(summary.folder, summary.trained, summary.reports, time.perf_counter() - start,
+                      summary.feature_hash)
 
 
 def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[SvmConfig],
@@ -182,7 +183,8 @@ def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[Svm
     else:
         progress(2 * len(source.image_ids))
     seconds = time.perf_counter() - start
-    return [SvmSummary(folder, i in reports, reports.get(i, []), seconds) for i, folder in enumerate(folders)]
+    return [SvmSummary(folder, i in reports, reports.get(i, []), seconds, feature_hash)
+            for i, folder in enumerate(folders)]
 
 
 def _check_augmentation(source: WindowSource, config: SvmConfig) -> bool:

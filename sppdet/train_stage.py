@@ -34,12 +34,11 @@ from sppdet.data_fit import MIN_PRETRAIN_EPOCHS
 from sppdet.pretrain_stage import estimate_epoch_seconds, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.records import SELECTION_RECORD
-from sppdet.selection import Selection, ValScorer, select_settings
+from sppdet.selection import Selection, ValScorer, select_settings, split_size
 from sppdet.splits import VAL_FRACTION, TrainingSplits, resolve_training_splits
 from sppdet.store import WorkDir, atomic_write_json, content_hash, read_json, to_jsonable
 from sppdet.svm_stage import run_train_svm
 from sppdet.train_settings import TrainSettings, read_config_file, resolve_train_settings
-from sppdet.window_source import WindowSource
 
 SUMMARY_FILE = "train-summary.json"
 BUDGET_FILE = "pretrain-budget.json"
@@ -130,7 +129,7 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
         return (("cached" if summary.skipped else f"{len(summary.history)} epochs")
                 + f", crop accuracy {last.accuracy:.3f}")
 
-    views = tuple(sorted({v for views in settings.candidates["tta"] for v in views}))
+    views = tuple(sorted({view for view_set in settings.candidates["tta"] for view in view_set}))
 
     def extract(split: str, with_views: tuple[str, ...]) -> str:
         job = prepare_extract(work, split, scales=settings.extract["scales"], target=settings.extract["target"],
@@ -141,12 +140,12 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
         return f"{summary.computed} images computed, scales {scales}, {job.config.precision}"
 
     def finetune() -> str:
-        with progress_bar(settings.finetune.epochs * _images(work, splits.train), "finetune") as advance:
+        with progress_bar(settings.finetune.epochs * split_size(work, splits.train), "finetune") as advance:
             summary = run_finetune(work, splits.train, settings.finetune, progress=advance, device=plan.device)
         return "cached" if not summary.trained else f"accuracy {summary.final_accuracy:.3f}"
 
     def bbox(split: str) -> str:
-        with progress_bar(_images(work, split), f"train-bbox {split}") as advance:
+        with progress_bar(split_size(work, split), f"train-bbox {split}") as advance:
             summary = run_train_bbox(work, split, settings.bbox, progress=advance)
         return "cached" if not summary.trained else f"{len(summary.reports)} classes"
 
@@ -156,13 +155,10 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
         scorer = ValScorer(work, splits.val, progress_bar)
         selection.append(select_settings(work, splits.train, settings.svm, settings.candidates, scorer,
                                          progress_bar, log=lambda line: log(f"  {line}")))
-        chosen = selection[0]
-        return (f"layer {chosen.svm.layer}, C {chosen.svm.C:g}, copies "
-                f"{','.join(chosen.svm.augment_positives) or 'none'}, views {','.join(chosen.tta) or 'none'}: "
-                f"val mAP {chosen.val_map:.4f}")
+        return f"{selection[0].describe()}: val mAP {selection[0].val_map:.4f}"
 
     def final_svm() -> str:
-        with progress_bar(2 * _images(work, splits.final), f"train-svm {splits.final}") as advance:
+        with progress_bar(2 * split_size(work, splits.final), f"train-svm {splits.final}") as advance:
             summary = run_train_svm(work, splits.final, selection[0].svm, progress=advance)
         return "cached" if not summary.trained else f"{len(summary.reports)} classes"
 
@@ -208,7 +204,3 @@ def budget_epochs(work: WorkDir, job, minutes: float) -> int:
                           "seconds_per_epoch": per_epoch, "minutes": minutes}
         atomic_write_json(path, decisions)
     return int(decisions[key]["epochs"])
-
-
-def _images(work: WorkDir, split: str) -> int:
-    return len(WindowSource(work, split).image_ids)
