@@ -21,7 +21,7 @@ from sppdet.errors import WorkdirError
 from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir
-from sppdet.window_source import WindowSource, image_windows, sample_feature_scale
+from sppdet.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 
 STAGE = "train-bbox"
 MODEL_FILE = "bbox.npz"
@@ -39,11 +39,11 @@ class BboxSummary:
 
 def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegConfig = BboxRegConfig(),
                    data_root=None, progress: Progress = no_progress,
-                   method: str = DEFAULT_METHOD) -> BboxSummary:
+                   method: str = DEFAULT_METHOD, memo: PooledMemo | None = None) -> BboxSummary:
     """Train (or find already trained) the box regressors on ``split`` with ``method``'s window
-    features; record them."""
+    features; record them. ``memo``: pooled windows kept across runs (``sppdet train``)."""
     start = time.perf_counter()
-    source = WindowSource(workdir, split, data_root, method=method)
+    source = WindowSource(workdir, split, data_root, method=method, memo=memo)
     feature_hash = f"{source.feature_hash}:pool5"
     folder = workdir.stage_dir("bbox", config, inputs=source.inputs)
     path = folder / MODEL_FILE

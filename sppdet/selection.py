@@ -12,7 +12,8 @@ the default, kept on a tie. The test split is never read here.
 Scores are cached in ``WORKDIR/selection-scores.json`` under the identity of what was scored
 (the SVM and regressor folders, the views and the val split's image ids), so a re-run of
 ``sppdet train`` does not recompute them; within a run, the val windows each candidate scores are
-pooled once (:class:`PooledCache`, up to ``POOLED_CACHE_BYTES``).
+pooled once, and so are the training split's windows that every candidate's miner reads
+(``sppdet.window_source.PooledMemo``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from sppdet.evaluate import evaluate, load_ground_truth
 from sppdet.parallel import ProgressFactory
 from sppdet.store import WorkDir, atomic_write_json, read_json
 from sppdet.svm_stage import run_train_svm, train_svm_variants
-from sppdet.window_source import WindowSource
+from sppdet.window_source import PooledMemo, WindowSource
 
 MIN_GAIN = 0.002
 SCORES_FILE = "selection-scores.json"
-#: Memory for the val split's pooled windows, kept across candidates (:class:`PooledCache`).
-POOLED_CACHE_BYTES = 1e9
+#: Memory for pooled windows kept across candidates (``PooledMemo``; at most a quarter of RAM).
+POOLED_MEMO_BYTES = 3e9
 
 
 @dataclass(frozen=True)
@@ -64,34 +65,13 @@ class Selection:
         return f"{_label(self.svm)}, views {','.join(self.tta) or 'none'}"
 
 
-class PooledCache(WindowSource):
-    """A :class:`WindowSource` that keeps the pooled proposals of each (image, view) it pooled,
-    as float16 (exact: SPP max-pools float16 maps), until ``budget`` bytes are held; then it pools
-    the rest as usual. Scoring many candidates on val pools the same windows each time, and this
-    saves that work without letting memory grow past the budget."""
-
-    def __init__(self, work: WorkDir, split: str, budget: float):
-        super().__init__(work, split)
-        self.budget, self.held = budget, 0
-        self.kept: dict[tuple[str, str | None], np.ndarray] = {}
-
-    def pool(self, image_id: str, boxes: np.ndarray, view: str | None = None) -> np.ndarray:
-        key = (image_id, view)
-        if key in self.kept and len(self.kept[key]) == len(boxes):
-            return self.kept[key].astype(np.float32)
-        pooled = super().pool(image_id, boxes, view)
-        if self.held + pooled.size * 2 <= self.budget:
-            self.kept[key] = pooled.astype(np.float16)
-            self.held += pooled.size * 2
-        return pooled
-
-
 class ValScorer:
-    """The val mAP of the work directory's current detector with given views (cached)."""
+    """The val mAP of the work directory's current detector with given views (cached); ``memo``
+    keeps the val windows pooled for the next candidate."""
 
-    def __init__(self, work: WorkDir, val_split: str, progress_bar: ProgressFactory):
+    def __init__(self, work: WorkDir, val_split: str, progress_bar: ProgressFactory, memo: PooledMemo | None = None):
         self.work, self.split, self.progress_bar = work, val_split, progress_bar
-        self.windows = PooledCache(work, val_split, POOLED_CACHE_BYTES)
+        self.windows = WindowSource(work, val_split, memo=memo)
         root = work.data_root()
         self.ground_truth = load_ground_truth(root, val_split, split_dir=work.split_dir(root))
         self.classes = discover_classes(root)
@@ -115,20 +95,21 @@ class ValScorer:
 
 def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates: dict,
                     scorer: ValScorer, progress_bar: ProgressFactory,
-                    log: Callable[[str], None] = lambda line: None) -> Selection:
-    """Greedy choice of C, the layer, the object copies and the views (module docstring)."""
+                    log: Callable[[str], None] = lambda line: None, memo: PooledMemo | None = None) -> Selection:
+    """Greedy choice of C, the layer, the object copies and the views (module docstring);
+    ``memo`` keeps the training split's pooled windows from one candidate to the next."""
     trials: list[Trial] = []
 
     def train(config: SvmConfig) -> None:
         with progress_bar(2 * split_size(work, train_split), f"train-svm {_label(config)}") as advance:
-            run_train_svm(work, train_split, config, progress=advance)
+            run_train_svm(work, train_split, config, progress=advance, memo=memo)
 
     current = dataclasses.replace(base, layer=candidates["layer"][0], C=candidates["C"][0],
                                   augment_positives=tuple(candidates["augment_positives"][0]))
     variants = [dataclasses.replace(current, C=c) for c in candidates["C"]]
     every_c = ", ".join(map(_value, candidates["C"]))
     with progress_bar(2 * split_size(work, train_split), f"train-svm C {every_c}") as advance:
-        train_svm_variants(work, WindowSource(work, train_split), variants, advance)  # one pass for every C
+        train_svm_variants(work, WindowSource(work, train_split, memo=memo), variants, advance)  # one pass for every C
     train(current)
     best = scorer.score()
     trials.append(Trial("start", _label(current), best, True))

@@ -59,7 +59,7 @@ from sppdet.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.store import WorkDir, atomic_save_npz
 from sppdet.svm import HardNegativeMiner, SvmClassReport, SvmModel, finish_svms
-from sppdet.window_source import WindowSource, image_windows, sample_feature_scale
+from sppdet.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 from sppdet.windows import collect_positives, extra_positive_boxes, make_image_windows
 
 STAGE = "train-svm"
@@ -121,12 +121,13 @@ MINER_FIELDS = ("C", "positive_weight", "hard_threshold", "evict_threshold", "re
 
 def run_train_svm(workdir: WorkDir, split: str = "trainval", config: SvmConfig = SvmConfig(),
                   data_root=None, progress: Progress = no_progress,
-                  method: str = DEFAULT_METHOD, levels=None) -> SvmSummary:
+                  method: str = DEFAULT_METHOD, levels=None, memo: PooledMemo | None = None) -> SvmSummary:
     """Train (or find already trained) the SVMs on ``split`` with ``method``'s window features
     pooled at pyramid ``levels`` (None: the default); record them in ``config.json``.
-    ``progress`` advances once per image of each of the two passes."""
+    ``progress`` advances once per image of each of the two passes; ``memo`` keeps pooled
+    windows for later runs in this process (``sppdet train``)."""
     start = time.perf_counter()
-    source = WindowSource(workdir, split, data_root, levels=levels, method=method)
+    source = WindowSource(workdir, split, data_root, levels=levels, method=method, memo=memo)
     (summary,) = train_svm_variants(workdir, source, [config], progress)
     path = summary.folder / MODEL_FILE
     workdir.record_stage(stage_key(STAGE, method), {"folder": summary.folder.name,

@@ -34,10 +34,11 @@ from sppdet.data_fit import MIN_PRETRAIN_EPOCHS
 from sppdet.pretrain_stage import estimate_epoch_seconds, prepare_pretrain, run_pretrain
 from sppdet.propose_stage import prepare_propose, run_propose
 from sppdet.records import SELECTION_RECORD
-from sppdet.selection import Selection, ValScorer, select_settings, split_size
+from sppdet.selection import POOLED_MEMO_BYTES, Selection, ValScorer, select_settings, split_size
 from sppdet.splits import VAL_FRACTION, TrainingSplits, resolve_training_splits
 from sppdet.store import WorkDir, atomic_write_json, content_hash, read_json, to_jsonable
 from sppdet.svm_stage import run_train_svm
+from sppdet.window_source import PooledMemo, memory_budget
 from sppdet.train_settings import TrainSettings, read_config_file, resolve_train_settings
 
 SUMMARY_FILE = "train-summary.json"
@@ -146,20 +147,21 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
 
     def bbox(split: str) -> str:
         with progress_bar(split_size(work, split), f"train-bbox {split}") as advance:
-            summary = run_train_bbox(work, split, settings.bbox, progress=advance)
+            summary = run_train_bbox(work, split, settings.bbox, progress=advance, memo=memo)
         return "cached" if not summary.trained else f"{len(summary.reports)} classes"
 
     selection: list[Selection] = []
+    memo = PooledMemo(memory_budget(POOLED_MEMO_BYTES))  # windows pooled once for every SVM and val score
 
     def select() -> str:
-        scorer = ValScorer(work, splits.val, progress_bar)
+        scorer = ValScorer(work, splits.val, progress_bar, memo)
         selection.append(select_settings(work, splits.train, settings.svm, settings.candidates, scorer,
-                                         progress_bar, log=lambda line: log(f"  {line}")))
+                                         progress_bar, log=lambda line: log(f"  {line}"), memo=memo))
         return f"{selection[0].describe()}: val mAP {selection[0].val_map:.4f}"
 
     def final_svm() -> str:
         with progress_bar(2 * split_size(work, splits.final), f"train-svm {splits.final}") as advance:
-            summary = run_train_svm(work, splits.final, selection[0].svm, progress=advance)
+            summary = run_train_svm(work, splits.final, selection[0].svm, progress=advance, memo=memo)
         return "cached" if not summary.trained else f"{len(summary.reports)} classes"
 
     step(f"propose {splits.train}", lambda: propose(splits.train))

@@ -15,6 +15,9 @@ those), and the pyramid levels are the ones the cache was computed with.
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
 
 from sppdet.data.voc import VocDataset
@@ -47,15 +50,56 @@ def method_features(workdir: WorkDir, method: str = DEFAULT_METHOD):
     return folder, rcnn_info(folder)
 
 
+def memory_budget(wanted: float, share: float = 0.25) -> float:
+    """``wanted`` bytes, or less: at most ``share`` of the machine's physical memory."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: trust the wanted size
+        return wanted
+    return min(wanted, share * physical)
+
+
+class PooledMemo:
+    """Pooled windows kept in memory across passes, up to ``budget`` bytes (then it stops keeping).
+
+    Training several SVMs on one split (``sppdet train``'s candidates, then the final refit on a
+    split that contains it) pools the same boxes of the same images again and again; the maps are
+    float16, so max-pooled values are float16 numbers and keeping them as float16 is exact. The
+    key is the features folder, the pyramid levels, the image, the view and the exact bytes of the
+    boxes, so a hit returns what pooling would have returned. Shared by every
+    :class:`WindowSource` given it (any split of the same work directory)."""
+
+    def __init__(self, budget: float):
+        self.budget, self.held = budget, 0
+        self.kept: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def key(source: "WindowSource", image_id: str, boxes: np.ndarray, view: str | None) -> tuple:
+        boxes = np.ascontiguousarray(boxes)
+        digest = hashlib.blake2b(boxes.tobytes(), digest_size=16).hexdigest()
+        return (str(source.features_folder), source.levels, image_id, view, boxes.dtype.str, boxes.shape, digest)
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        kept = self.kept.get(key)
+        return None if kept is None else kept.astype(np.float32)
+
+    def put(self, key: tuple, pooled: np.ndarray) -> None:
+        if self.held + pooled.size * 2 <= self.budget:
+            self.kept[key] = pooled.astype(np.float16)
+            self.held += pooled.size * 2
+
+
 class WindowSource:
     """Ground truth, proposals and pooled windows of one split, from the caches of ``workdir``.
 
     ``levels``: the pyramid (default ``sppdet.spp.LEVELS``; for rcnn, the cache's levels);
-    ``method``: "spp" or "rcnn" (module docstring)."""
+    ``method``: "spp" or "rcnn" (module docstring); ``memo``: a :class:`PooledMemo` that keeps
+    pooled SPP windows for later passes (None: pool every time)."""
 
     def __init__(self, workdir: WorkDir, split: str, data_root=None, levels=None,
-                 method: str = DEFAULT_METHOD):
+                 method: str = DEFAULT_METHOD, memo: PooledMemo | None = None):
         self.workdir = workdir
+        self.memo = memo
         self.method = check_method(method)
         root = workdir.data_root(data_root)
         self.dataset = VocDataset(root, split, check_images=False, split_dir=workdir.split_dir(root))
@@ -110,12 +154,17 @@ class WindowSource:
             return np.zeros((0, self.dim), np.float32)
         if self.method != DEFAULT_METHOD:
             return lookup_pooled(self.features_folder, image_id, boxes, self.dim)
+        key = PooledMemo.key(self, image_id, boxes, view) if self.memo is not None else None
+        if key is not None and (kept := self.memo.get(key)) is not None:
+            return kept
         cached = load_features(self.features_folder, image_id, view)
         if view:
             boxes = view_boxes(boxes, tuple(cached.image_hw), view)
         pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
-                              self.info.offset, levels=self.levels, target=self.info.config.target)
-        return pooled.numpy()
+                              self.info.offset, levels=self.levels, target=self.info.config.target).numpy()
+        if key is not None:
+            self.memo.put(key, pooled)
+        return pooled
 
 
 def image_windows(source: WindowSource, image_id: str, transform=None, proposals: np.ndarray | None = None,

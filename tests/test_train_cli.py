@@ -130,19 +130,33 @@ def test_a_pretraining_budget_cuts_epochs_once_and_is_remembered(trained, monkey
     assert train_stage.budget_epochs(work, job, 1e-4) == 4
 
 
-def test_pooled_cache_gives_the_same_detections(trained):
+def test_pooled_memo_gives_the_same_detections_and_svms(trained, tmp_path):
     import numpy as np
 
-    from sppdet.config import DetectConfig
+    from sppdet.config import DetectConfig, SvmConfig
     from sppdet.detector import detect_split
-    from sppdet.selection import PooledCache
     from sppdet.store import WorkDir
+    from sppdet.svm import SvmModel
+    from sppdet.svm_stage import train_svm_variants
+    from sppdet.window_source import PooledMemo, WindowSource
 
     work = WorkDir(trained[2])
-    cache = PooledCache(work, "val", budget=1e9)
+    memo = PooledMemo(budget=1e9)
     plain = detect_split(work, "val", DetectConfig())
-    for _ in range(2):  # the second pass reads the cache
-        cached = detect_split(work, "val", DetectConfig(), source=cache)
+    for _ in range(2):  # the second pass reads the memo
+        cached = detect_split(work, "val", DetectConfig(), source=WindowSource(work, "val", memo=memo))
         assert all(np.array_equal(getattr(plain, f), getattr(cached, f)) for f in plain.__dataclass_fields__)
-    assert cache.held > 0
-    assert PooledCache(work, "val", budget=0).pool("x", np.zeros((0, 4), np.float32)).shape[0] == 0
+    assert memo.held > 0
+    empty = WindowSource(work, "val", memo=PooledMemo(budget=0))
+    assert empty.pool(empty.image_ids[0], np.zeros((0, 4), np.float32)).shape[0] == 0
+    # SVMs mined through a memo (filled by an earlier pass) have the bytes of SVMs mined without one
+    config = SvmConfig(layer="pool5", C=0.02)
+    source = WindowSource(work, "train", memo=memo)
+    (first,) = train_svm_variants(work, source, [config])
+    reference = (first.folder / "svm.npz").read_bytes()
+    (first.folder / "svm.npz").unlink()
+    assert memo.held > 0
+    (again,) = train_svm_variants(work, source, [config])  # every window from the memo
+    assert (again.folder / "svm.npz").read_bytes() == reference
+    model = SvmModel.load(again.folder / "svm.npz")
+    assert model.weights.shape[1] == len(model.class_names)
