@@ -23,7 +23,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 
 from sppdet.config import DetectConfig, SvmConfig
 from sppdet.data.voc import discover_classes
