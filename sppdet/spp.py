@@ -119,11 +119,42 @@ def _sparse_table(hwc: torch.Tensor, ky_max: int, kx_max: int):
 
     Returns ``table`` ``[N, C]``, ``base`` ``[ky_max + 1, kx_max + 1]`` (first row of each
     ``(ky, kx)`` block table) and ``widths`` ``[kx_max + 1]`` (``W - 2**kx + 1``), so the block with
-    top-left cell ``(y, x)`` is row ``base[ky, kx] + y * widths[kx] + x``.
+    top-left cell ``(y, x)`` is row ``base[ky, kx] + y * widths[kx] + x``. Without autograd, each
+    block table is written in place into one preallocated ``table`` (the maximum of two halves of
+    the table before it), so nothing is copied twice; with it, the tables are concatenated.
     """
-    channels = hwc.shape[2]
-    tables, counts = [], []
-    rows = hwc
+    height, width, channels = hwc.shape
+    counts = [(height - (1 << ky) + 1) * (width - (1 << kx) + 1)
+              for ky in range(ky_max + 1) for kx in range(kx_max + 1)]
+    base = torch.tensor([0] + counts[:-1], dtype=torch.long, device=hwc.device).cumsum(0).view(ky_max + 1, kx_max + 1)
+    widths = width + 1 - (1 << torch.arange(kx_max + 1, device=hwc.device))
+    if hwc.requires_grad and torch.is_grad_enabled():
+        return _concatenated_table(hwc, ky_max, kx_max), base, widths
+    table = hwc.new_empty((sum(counts), channels))
+
+    def slot(first: int, rows: int, cols: int) -> torch.Tensor:
+        return table[first:first + rows * cols].view(rows, cols, channels)
+
+    rows = slot(0, height, width)
+    rows.copy_(hwc)
+    first = 0
+    for ky in range(ky_max + 1):
+        if ky:
+            half = 1 << (ky - 1)
+            rows = torch.maximum(rows[:-half], rows[half:], out=slot(first, len(rows) - half, width))
+        block = rows
+        for kx in range(kx_max + 1):
+            if kx:
+                half = 1 << (kx - 1)
+                block = torch.maximum(block[:, :-half], block[:, half:],
+                                      out=slot(first, len(block), block.shape[1] - half))
+            first += block.shape[0] * block.shape[1]
+    return table, base, widths
+
+
+def _concatenated_table(hwc: torch.Tensor, ky_max: int, kx_max: int) -> torch.Tensor:
+    """The ``table`` of :func:`_sparse_table`, built out of place (differentiable)."""
+    tables, rows = [], hwc
     for ky in range(ky_max + 1):
         if ky:
             half = 1 << (ky - 1)
@@ -133,11 +164,8 @@ def _sparse_table(hwc: torch.Tensor, ky_max: int, kx_max: int):
             if kx:
                 half = 1 << (kx - 1)
                 block = torch.maximum(block[:, :-half], block[:, half:])
-            tables.append(block.reshape(-1, channels))
-            counts.append(block.shape[0] * block.shape[1])
-    base = torch.tensor([0] + counts[:-1], dtype=torch.long, device=hwc.device).cumsum(0)
-    widths = hwc.shape[1] + 1 - (1 << torch.arange(kx_max + 1, device=hwc.device))
-    return torch.cat(tables), base.view(ky_max + 1, kx_max + 1), widths
+            tables.append(block.reshape(-1, hwc.shape[2]))
+    return torch.cat(tables)
 
 
 def spp_pool(feature_map: torch.Tensor, cells, levels: Sequence[int] = LEVELS) -> torch.Tensor:

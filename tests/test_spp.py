@@ -255,3 +255,18 @@ def test_pool_windows_single_scale_and_empty():
     assert pool_windows(maps, [1.0], np.zeros((0, 4)), 16, 0.0).shape == (0, 150)
     with pytest.raises(ValueError, match="scale factors"):
         pool_windows(maps, [1.0, 2.0], boxes, 16, 0.0)
+
+
+def test_in_place_block_table_equals_the_concatenated_one():
+    """The preallocated table (no autograd) holds exactly the tables the differentiable path
+    concatenates, for maps as thin as one cell."""
+    from sppdet.spp import _concatenated_table, _sparse_table
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(1, 1), (5, 7), (3, 40), (17, 2)]:
+        hwc = torch.randn(height, width, 4, generator=generator)
+        for ky in range(height.bit_length()):
+            for kx in range(width.bit_length()):
+                table, base, widths = _sparse_table(hwc, ky, kx)
+                assert torch.equal(table, _concatenated_table(hwc, ky, kx))
+                assert base.shape == (ky + 1, kx + 1) and len(widths) == kx + 1
