@@ -27,7 +27,8 @@ image at a time, so memory holds the positives and the kept negatives, never the
   ``-s 3``) with ``class_weight={+1: 2}`` (``-w1 2``) and ``intercept_scaling=10`` (``-B 10``).
   liblinear appends the constant 10 to every vector and regularises its weight like any other,
   so the objective is ``0.5 |w|^2 + 0.5 (b / 10)^2 + C (2 sum_pos hinge + sum_neg hinge)``
-  (:func:`svm_objective`), exactly R-CNN's. Stopping tolerance 1e-3 (R-CNN's liblinear: 0.1).
+  (:func:`svm_objective`), exactly R-CNN's. Stopping tolerance 1e-2 (R-CNN's liblinear: 0.1;
+  1e-3 often ran into the iteration cap for the same choices on val, ``docs/decisions.md``).
   liblinear copies the training set in float64, so a retrain briefly needs ~3x its size.
 - :class:`sppdet.windows.ImageWindows` (also the input of ``sppdet.bbox_reg``) is built per image
   and per feature layer by ``sppdet.windows``.
