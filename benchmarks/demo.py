@@ -70,6 +70,7 @@ def stages(work: Path, data: Path, images: int) -> list[tuple[str, list[str]]]:
         ("extract test", ["extract", "--split", "test", *trunk, "--tta", views]),
         ("finetune", ["finetune", "--split", selection["train_split"]]),
         ("train-svm", ["train-svm", "--split", selection["final_split"], "--layer", chosen["layer"],
+                       "--fc7-scale", f"{chosen.get('fc7_scale', 1.0):g}",
                        "--C", f"{chosen['C']:g}", "--augment-positives", ",".join(chosen["augment_positives"])]),
         ("train-bbox", ["train-bbox", "--split", selection["final_split"]]),
         ("eval", ["eval", "--split", "test", "--tta", views, "--json", str(work / "demo-eval.json"),

@@ -34,6 +34,9 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--layer", type=click.Choice(LAYERS), default=DEFAULTS.layer, show_default=True,
               help="Features the SVMs read: fc7 of the fine-tuned head, pool5 itself, or both side by "
                    "side (pool5+fc7, fc7 weighted to pool5's mean norm).")
+@click.option("--fc7-scale", type=click.FloatRange(0, min_open=True), default=DEFAULTS.fc7_scale,
+              show_default=True, help="With --layer pool5+fc7: fc7's weight, in units of the one that gives "
+                                      "both parts the same mean norm.")
 @click.option("--C", "c", type=click.FloatRange(0, min_open=True), default=DEFAULTS.C, show_default=True,
               help="Hinge-loss weight (paper: 1e-3).")
 @click.option("--extra-positives", type=click.IntRange(min=0), default=DEFAULTS.extra_positives,
@@ -54,7 +57,7 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "the paper's single-level ablation, with --layer pool5); eval and detect follow.")
 @method_option
 @quiet_option
-def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positive_iou, augment_positives,
+def train_svm(workdir, data_root, split, layer, fc7_scale, c, extra_positives, extra_positive_iou, augment_positives,
               seed, levels, method, quiet):
     """Train one linear SVM per class with R-CNN's hard-negative mining.
 
@@ -63,7 +66,7 @@ def train_svm(workdir, data_root, split, layer, c, extra_positives, extra_positi
 
     Example: sppdet train-svm --layer fc7
     """
-    config = SvmConfig(layer=layer, C=c, extra_positives=extra_positives,
+    config = SvmConfig(layer=layer, C=c, fc7_scale=fc7_scale, extra_positives=extra_positives,
                        extra_positive_iou=extra_positive_iou, augment_positives=augment_positives,
                        seed=seed)
     with library_errors():

@@ -50,6 +50,7 @@ class SvmConfig:
     extra_positives: int = 0  # per object, proposals with IoU >= extra_positive_iou also positives (R-CNN: 0)
     extra_positive_iou: float = 0.7  # (sppdet.svm_stage; only with extra_positives > 0)
     augment_positives: tuple[str, ...] = ()  # copies of each object: flip, rot90, channels (sppdet.augmented_windows)
+    fc7_scale: float = 1.0  # "pool5+fc7": fc7 weighted this times pool5's mean norm (sppdet train tries others on val)
     tol: float = 1e-2  # liblinear stopping tolerance (R-CNN's liblinear 1.94 default: 0.1; docs/decisions.md)
     max_iter: int = 1000  # liblinear iteration cap (liblinear default: 1000)
     seed: int = 0  # liblinear's coordinate order

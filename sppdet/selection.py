@@ -4,7 +4,8 @@ Every candidate is trained on the training split (``sppdet.svm_stage.run_train_s
 its settings like any stage) and scored by the VOC07 mAP of the whole detector on the
 validation split, with the box regressors trained on the training split. The search is greedy,
 one setting at a time, in this order: C (every candidate mined in one pass over the images,
-``sppdet.svm_stage.train_svm_variants``), the SVM layer, the object copies as extra positives,
+``sppdet.svm_stage.train_svm_variants``), the SVM layer, fc7's weight beside pool5 (when the
+layer is "pool5+fc7"), the object copies as extra positives,
 then the test-time views (which need no training). A candidate replaces the current choice
 only if its val mAP is higher by more than ``MIN_GAIN``: the first candidate of each list is
 the default, kept on a tie. The test split is never read here.
@@ -104,6 +105,7 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
             run_train_svm(work, train_split, config, progress=advance, memo=memo)
 
     current = dataclasses.replace(base, layer=candidates["layer"][0], C=candidates["C"][0],
+                                  fc7_scale=candidates.get("fc7_scale", [base.fc7_scale])[0],
                                   augment_positives=tuple(candidates["augment_positives"][0]))
     variants = [dataclasses.replace(current, C=c) for c in candidates["C"]]
     every_c = ", ".join(map(_value, candidates["C"]))
@@ -114,8 +116,11 @@ def select_settings(work: WorkDir, train_split: str, base: SvmConfig, candidates
     trials.append(Trial("start", _label(current), best, True))
     log(f"val mAP {best:.4f}: {_label(current)}")
     for what, values in (("C", candidates["C"][1:]), ("layer", candidates["layer"][1:]),
+                         ("fc7_scale", candidates.get("fc7_scale", [1.0])[1:]),
                          ("augment_positives", candidates["augment_positives"][1:])):
         chosen = current
+        if what == "fc7_scale" and current.layer != "pool5+fc7":
+            continue  # fc7's weight beside pool5 only means something there
         for value in values:
             trial = dataclasses.replace(current, **{what: tuple(value) if what == "augment_positives" else value})
             train(trial)
@@ -153,4 +158,6 @@ def _value(value) -> str:
 
 def _label(config: SvmConfig) -> str:
     copies = ",".join(config.augment_positives) or "none"
-    return f"layer {config.layer}, C {config.C:g}, copies {copies}"
+    weighted = config.layer == "pool5+fc7" and config.fc7_scale != 1
+    layer = config.layer + (f" (fc7 x{config.fc7_scale:g})" if weighted else "")
+    return f"layer {layer}, C {config.C:g}, copies {copies}"

@@ -26,7 +26,7 @@ SHOWN = {
     "pretrain": ("backbone", "width", "epochs", "sizes", "windows", "augment"),
     "extract": ("backbone", "width", "scales", "target", "precision"),
     "finetune": ("epochs", "lr", "train_conv"),
-    "train-svm": ("layer", "C", "augment_positives", "extra_positives"),
+    "train-svm": ("layer", "C", "fc7_scale", "augment_positives", "extra_positives"),
     "train-bbox": ("min_overlap", "ridge_lambda"),
 }
 

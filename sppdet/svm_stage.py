@@ -158,7 +158,9 @@ def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[Svm
     todo = [i for i, folder in enumerate(folders) if not (folder / MODEL_FILE).is_file()]
     reports: dict[int, list[SvmClassReport]] = {}
     if todo:
-        fc7_weight = _balance_weight(source, head, first.seed) if first.layer == "pool5+fc7" else 1.0
+        fc7_weight = 1.0
+        if first.layer == "pool5+fc7":
+            fc7_weight = _balance_weight(source, head, first.seed) * first.fc7_scale
         transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight)
         trunk = rebuild_trunk(workdir, source.features_folder, source.info) if augmenting else None
         copies = _copies_folder(workdir, source, first) if augmenting else None

@@ -16,7 +16,7 @@ The TOML file's keys are the stages' options, as in ``sppdet.config`` (underscor
     [pretrain]                  # PretrainConfig: width, epochs, sizes, windows, ...
     [extract]                   # scales, target, precision ("auto", "float32", "bfloat16")
     [finetune]                  # FinetuneConfig: epochs, lr, ...
-    [train-svm]                 # SvmConfig; layer and C may be lists: the candidates tried on val
+    [train-svm]                 # SvmConfig; layer, C and fc7_scale may be lists: candidates tried on val
     [train-bbox]                # BboxRegConfig
     [select]                    # tta = ["", "hflip"]: test-time view sets tried on val
 
@@ -57,6 +57,10 @@ TRAIN_DEFAULTS = {
 #: Candidates tried on the validation split unless the file names others (``sppdet.selection``).
 LAYER_CANDIDATES = ("pool5+fc7", "pool5")
 C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
+#: fc7's weight beside pool5 (layer "pool5+fc7"), relative to equal mean norms.
+FC7_SCALE_CANDIDATES = (1.0, 0.5, 2.0)
+#: SvmConfig fields whose [train-svm] value may be a list: the candidates tried on val.
+CANDIDATE_FIELDS = ("layer", "C", "fc7_scale")
 STAGE_CONFIGS = {"propose": ProposeConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
                  "train-svm": SvmConfig, "train-bbox": BboxRegConfig}
 EXTRACT_KEYS = ("scales", "target", "precision")
@@ -120,7 +124,7 @@ class TrainSettings:
                 if f.name in RESERVED.get(section, ()):
                     continue
                 value = getattr(config, f.name)
-                if section == "train-svm" and f.name in ("layer", "C"):
+                if section == "train-svm" and f.name in CANDIDATE_FIELDS:
                     value = list(self.candidates[f.name])
                 lines.append(f"{f.name} = {_toml(value)}  # {self.sources.get(f'{section}.{f.name}', 'default')}")
         lines += ["", "[extract]"]
@@ -252,7 +256,7 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
             values[name] = value
             sources[f"{section}.{name}"] = why
         for name, value in file_values.get(section, {}).items():
-            if section == "train-svm" and name in ("layer", "C"):
+            if section == "train-svm" and name in CANDIDATE_FIELDS:
                 continue  # candidates, checked below
             values[name] = _coerce(config_type, name, value, f"{origin} [{section}]")
             sources[f"{section}.{name}"] = origin
@@ -278,6 +282,9 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
     cs = _candidates(svm_file.get("C"), C_CANDIDATES, float)
     if min(cs) <= 0:
         raise ConfigError(f"{origin} [train-svm]: C must be > 0")
+    fc7_scales = _candidates(svm_file.get("fc7_scale"), FC7_SCALE_CANDIDATES, float)
+    if min(fc7_scales) <= 0:
+        raise ConfigError(f"{origin} [train-svm]: fc7_scale must be > 0")
     # one copies candidate: the 3 quarter turns when rot90 is declared, else the mirror image
     # (flip and rot90 together make 7 copies per object at about twice the cost)
     geometric = ("rot90",) if "rot90" in declared else ("flip",) if "flip" in declared else ()
@@ -288,18 +295,19 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
     tta = _views_for(declared)
     if "tta" in select_file:
         tta = [_parse_views(text) for text in select_file["tta"]]
-    for key, given in (("layer", "layer" in svm_file), ("C", "C" in svm_file)):
-        sources[f"select.{key}"] = origin if given else "default"
+    for key in CANDIDATE_FIELDS:
+        sources[f"select.{key}"] = origin if key in svm_file else "default"
     sources["select.augment_positives"] = origin if "augment_positives" in select_file else "augment (geometric part)"
     sources["select.tta"] = origin if "tta" in select_file else "augment (views the classes survive)"
-    svm = dataclasses.replace(configs["train-svm"], layer=layers[0], C=cs[0])
-    for key in ("layer", "C"):
+    svm = dataclasses.replace(configs["train-svm"], layer=layers[0], C=cs[0], fc7_scale=fc7_scales[0])
+    for key in CANDIDATE_FIELDS:
         sources[f"train-svm.{key}"] = "chosen on val (first candidate shown)"
     return TrainSettings(data_root=data_root, augment=declared, val_fraction=fraction, pretrain_minutes=float(budget),
                          propose=configs["propose"], pretrain=configs["pretrain"],
                          extract={"scales": scales, "target": target, "precision": precision},
                          finetune=configs["finetune"], svm=svm, bbox=configs["train-bbox"],
-                         candidates={"layer": layers, "C": cs, "augment_positives": copies, "tta": tta},
+                         candidates={"layer": layers, "C": cs, "fc7_scale": fc7_scales, "augment_positives": copies,
+                                     "tta": tta},
                          sources=sources)
 
 

@@ -176,7 +176,7 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
     step(f"train-bbox {splits.final}", lambda: bbox(splits.final))
     chosen = selection[0]
     work.record_stage(SELECTION_RECORD, {
-        "chosen": {"layer": chosen.svm.layer, "C": chosen.svm.C,
+        "chosen": {"layer": chosen.svm.layer, "C": chosen.svm.C, "fc7_scale": chosen.svm.fc7_scale,
                    "augment_positives": list(chosen.svm.augment_positives), "tta": list(chosen.tta)},
         "val_map": chosen.val_map, "val_split": splits.val, "train_split": splits.train,
         "final_split": splits.final, "trials": [dataclasses.asdict(t) for t in chosen.trials]})

@@ -160,3 +160,19 @@ def test_pooled_memo_gives_the_same_detections_and_svms(trained, tmp_path):
     assert (again.folder / "svm.npz").read_bytes() == reference
     model = SvmModel.load(again.folder / "svm.npz")
     assert model.weights.shape[1] == len(model.class_names)
+
+
+def test_fc7_scale_multiplies_the_balanced_weight(trained):
+    from sppdet.config import SvmConfig
+    from sppdet.store import WorkDir
+    from sppdet.svm import SvmModel
+    from sppdet.svm_stage import train_svm_variants
+    from sppdet.window_source import WindowSource
+
+    work = WorkDir(trained[2])
+    source = WindowSource(work, "train")
+    weights = []
+    for scale in (1.0, 2.0):
+        (summary,) = train_svm_variants(work, source, [SvmConfig(layer="pool5+fc7", C=0.02, fc7_scale=scale)])
+        weights.append(SvmModel.load(summary.folder / "svm.npz").metadata["fc7_weight"])
+    assert weights[1] == 2 * weights[0] > 0
