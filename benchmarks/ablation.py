@@ -14,7 +14,7 @@ Rows (``--methods``):
 then pool5 SVMs on the spp_1 features with pyramid levels {1,2,3,6} (the spp_1 pool5 cell), {6}
 and {1} (``train-svm --levels``); and the recall of the cached proposals of both splits at IoU
 0.5 and 0.7 for the first 50, 100, 200 and all proposals of each image
-(``sppdet.proposals.proposal_recall``). Why 448 for one scale and not 896: five scales around 896
+(``sppdet.models.selective_search.proposal_recall``). Why 448 for one scale and not 896: five scales around 896
 reach 1,563 px and would cost ~4x the conv time (minutes on 2 cores); around 448 they span
 313-781, the paper's 1:2.5 range.
 
@@ -38,7 +38,7 @@ paper's R-CNN: windows warped to the network's pretraining input (224) with 16 p
 
 Deviations from the paper, stated in the output: a tiny trunk trained from scratch on the demo's
 training split instead of ImageNet ZF-5; the multi-scale scale choice uses the features' target,
-96 px on a side for a trunk pretrained on 64 px crops (``sppdet.extract_stage``), not the paper's
+96 px on a side for a trunk pretrained on 64 px crops (``sppdet.stages.extract``), not the paper's
 224 px, the side of its ImageNet crops.
 
 Usage: python benchmarks/ablation.py [--workdir sppdet-work] [--images 400] [--json FILE]
@@ -62,11 +62,12 @@ import demo
 import report_text
 from cli.main import cli
 from sppdet.data.voc import VocDataset
-from sppdet.propose_stage import load_proposals, proposals_dir
-from sppdet.proposals import proposal_recall
-from sppdet.rcnn import CONTEXT, CROP_SIZE
-from sppdet.store import WorkDir, atomic_write_text
-from sppdet.svm_stage import STAGE as SVM_STAGE
+from sppdet.stages.propose import load_proposals, proposals_dir
+from sppdet.models.selective_search import proposal_recall
+from sppdet.models.crops import CONTEXT, CROP_SIZE
+from sppdet.fileio import atomic_write_text
+from sppdet.workdir.store import WorkDir
+from sppdet.stages.train_svm import STAGE as SVM_STAGE
 
 METHODS = report_text.METHODS
 PAPER_SCALES = (480, 576, 688, 864, 1200)
@@ -178,7 +179,7 @@ def method_rows(run: Runner, key: str, extract: list[str], levels_rows: bool) ->
 
 def recall_table(work: WorkDir) -> dict:
     """Per split: proposals per image and recall at each IoU for the first N proposals of each
-    image (non-difficult boxes, ``sppdet.proposals.proposal_recall``)."""
+    image (non-difficult boxes, ``sppdet.models.selective_search.proposal_recall``)."""
     folder = proposals_dir(work)
     result = {}
     for split in ("trainval", "test"):

@@ -1,7 +1,7 @@
 """One-pass conv (SPP-net) versus R-CNN's per-window conv, on the same trunk (SPEC, timing).
 
 SPP-net: the 688-scale image (688 x 917, a 4:3 VOC image) goes through conv1-conv5 once
-(``sppdet.features.compute_features``: preprocessing, trunk, float16 copy back).
+(``sppdet.models.features.compute_features``: preprocessing, trunk, float16 copy back).
 R-CNN: each of 2,000 windows is cropped, warped to 224 x 224 and run through the same trunk. One
 batch of ``--batch`` random windows is timed (crop + warp + trunk) and scaled to ``--windows``.
 Reported: median seconds over ``--reps`` interleaved runs after a warm-up, the measured ratio,
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sppdet.backbones import build_backbone, resolve_device
-from sppdet.features import compute_features
-from sppdet.timing import interleaved_medians
+from sppdet.models.backbones import build_backbone, resolve_device
+from sppdet.models.features import compute_features
+from sppdet.bench.timing import interleaved_medians
 
 IMAGE_HW = (688, 917)
 WARP = 224

@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from sppdet.data.voc import VOC_CLASSES, Annotation
-from sppdet.evaluate import Detections, evaluate
-from sppdet.results_io import read_devkit_results, write_devkit_results
+from sppdet.evaluation.voc_ap import Detections, evaluate
+from sppdet.evaluation.results_io import read_devkit_results, write_devkit_results
 
 PER_CLASS = 100
 

@@ -37,10 +37,11 @@ import numpy as np
 
 from sppdet.data.synth import image_id
 from sppdet.data.voc import write_split
-from sppdet.extract_stage import features_dir
-from sppdet.features import load_feature_file
-from sppdet.propose_stage import proposals_dir
-from sppdet.store import WorkDir, atomic_write_json
+from sppdet.stages.extract import features_dir
+from sppdet.models.features import load_feature_file
+from sppdet.stages.propose import proposals_dir
+from sppdet.fileio import atomic_write_json
+from sppdet.workdir.store import WorkDir
 
 
 def sppdet() -> list[str]:

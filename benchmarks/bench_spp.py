@@ -1,8 +1,8 @@
-"""Time sppdet.spp.spp_pool against torchvision.ops.roi_pool over the same pyramid and windows.
+"""Time sppdet.ops.spp.spp_pool against torchvision.ops.roi_pool over the same pyramid and windows.
 
 The workload is SPEC's: a 256 x 43 x 58 conv5 map (ZF-5 at stride 16 on a 688 x 917 image) and
 2,000 windows shaped like selective-search proposals (log-uniform sides from 20 px to the whole
-image, anywhere in it), projected to cells with sppdet.spp.project_boxes. roi_pool runs once per
+image, anywhere in it), projected to cells with sppdet.ops.spp.project_boxes. roi_pool runs once per
 pyramid level (output n x n for n in 1, 2, 3, 6) on the same inclusive cell boxes with
 spatial_scale 1, which gives the same bins, so both produce the same [R, 12800] matrix (the
 largest difference is reported). Each timing is the median of several repeats after a warm-up,
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torchvision.ops
 
-from sppdet.spp import LEVELS, project_boxes, spp_pool
-from sppdet.store import atomic_write_json
-from sppdet.timing import interleaved_medians
+from sppdet.ops.spp import LEVELS, project_boxes, spp_pool
+from sppdet.fileio import atomic_write_json
+from sppdet.bench.timing import interleaved_medians
 
 IMAGE_HW = (688, 917)
 MAP_SHAPE = (256, 43, 58)

@@ -42,7 +42,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import report_text
-from sppdet.store import atomic_path, atomic_write_text, read_json
+from sppdet.fileio import atomic_path, atomic_write_text, read_json
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory")

@@ -7,9 +7,9 @@ from rich.table import Table
 
 from cli.common import (device_option, library_errors, progress_bar, quiet_option, stdout_console,
                         workdir_option)
-from sppdet.backbones import BACKBONES
-from sppdet.speed import METHODS, PARTS, SCALES_1, SCALES_5, SpeedConfig, bench_speed
-from sppdet.store import atomic_write_json
+from sppdet.models.backbones import BACKBONES
+from sppdet.bench.speed import METHODS, PARTS, SCALES_1, SCALES_5, SpeedConfig, bench_speed
+from sppdet.fileio import atomic_write_json
 
 DEFAULTS = SpeedConfig()
 HEADERS = {"spp_1": "SPP 1-scale", "spp_5": "SPP 5-scale", "rcnn": "R-CNN"}

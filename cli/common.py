@@ -16,8 +16,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from sppdet.errors import ConfigError, SppdetError
-from sppdet.methods import DEFAULT_METHOD, METHODS
-from sppdet.views import check_views
+from sppdet.workdir.methods import DEFAULT_METHOD, METHODS
+from sppdet.ops.views import check_views
 
 stderr_console = Console(stderr=True)
 stdout_console = Console()
@@ -71,7 +71,7 @@ def data_option(func):
 
 
 def method_option(func):
-    """``--method spp|rcnn``: SPP-net windows (default) or the R-CNN baseline (``sppdet.methods``)."""
+    """``--method spp|rcnn``: SPP-net windows (default) or the R-CNN baseline (``sppdet.workdir.methods``)."""
     return click.option(
         "--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
         help="Window features: spp pools each window on the image's conv5 (SPP-net); rcnn warps "
@@ -89,7 +89,7 @@ def _parse_views(ctx, param, value: str | None) -> tuple[str, ...] | None:
 
 
 def tta_option(help_text: str):
-    """``--tta VIEWS``: test-time views of each image (``sppdet.views``), comma-separated."""
+    """``--tta VIEWS``: test-time views of each image (``sppdet.ops.views``), comma-separated."""
     return click.option("--tta", default=None, metavar="hflip[,vflip,rot180]", callback=_parse_views,
                         help=help_text + " hflip suits natural images; vflip and rot180 only classes "
                                          "that stay themselves upside down (the demo's shapes). "

@@ -11,11 +11,11 @@ from rich.text import Text
 from cli.common import (device_option, library_errors, method_option, progress_bar, quiet_option,
                         stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
-from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
+from sppdet.stages.detect import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
                                   expand_inputs)
-from sppdet.methods import DEFAULT_METHOD
-from sppdet.records import recorded_views
-from sppdet.store import WorkDir
+from sppdet.workdir.methods import DEFAULT_METHOD
+from sppdet.workdir.records import recorded_views
+from sppdet.workdir.store import WorkDir
 
 ROWS_PER_IMAGE = 10
 

@@ -12,14 +12,14 @@ from cli.common import (data_option, library_errors, method_option, progress_bar
                         split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
-from sppdet.detector import detect_split, require_trained
-from sppdet.evaluate import METRICS, EvalResult, evaluate, load_ground_truth
-from sppdet.plots import plot_results
-from sppdet.results_io import read_detections, write_devkit_results, write_summary_json
-from sppdet.methods import DEFAULT_METHOD
-from sppdet.records import recorded_views
-from sppdet.split_caches import ensure_split_caches
-from sppdet.store import WorkDir
+from sppdet.models.detector import detect_split, require_trained
+from sppdet.evaluation.voc_ap import METRICS, EvalResult, evaluate, load_ground_truth
+from sppdet.vis.pr_curves import plot_results
+from sppdet.evaluation.results_io import read_detections, write_devkit_results, write_summary_json
+from sppdet.workdir.methods import DEFAULT_METHOD
+from sppdet.workdir.records import recorded_views
+from sppdet.stages.split_caches import ensure_split_caches
+from sppdet.workdir.store import WorkDir
 
 
 def _table(result: EvalResult, split: str) -> Table:

@@ -1,5 +1,5 @@
 """``sppdet extract``: conv features of a split, once per image per scale, cached; with
-``--method rcnn``, the R-CNN baseline's warped-window features instead (``sppdet.rcnn_stage``)."""
+``--method rcnn``, the R-CNN baseline's warped-window features instead (``sppdet.stages.extract_rcnn``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from rich.table import Table
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
                         quiet_option, shard_option, split_option, stderr_console, stdout_console, tta_option,
                         workdir_option)
-from sppdet.backbones import BACKBONES
-from sppdet.extract_stage import prepare_extract, run_extract
-from sppdet.features import AUTO_PRECISION, PRECISIONS
-from sppdet.rcnn import CONTEXT, CROP_SIZE
-from sppdet.rcnn_stage import prepare_rcnn_extract, run_rcnn_extract
+from sppdet.models.backbones import BACKBONES
+from sppdet.stages.extract import prepare_extract, run_extract
+from sppdet.models.features import AUTO_PRECISION, PRECISIONS
+from sppdet.models.crops import CONTEXT, CROP_SIZE
+from sppdet.stages.extract_rcnn import prepare_rcnn_extract, run_rcnn_extract
 
 SPP_ONLY = ("scales", "target", "tta", "precision")
 RCNN_ONLY = ("crop_size", "context", "batch")

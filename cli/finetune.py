@@ -1,5 +1,5 @@
 """``sppdet finetune``: train fc6/fc7/fc8 on cached pooled features, conv frozen; with
-``--train-conv``, the conv trunk too, end to end (``sppdet.finetune_conv``)."""
+``--train-conv``, the conv trunk too, end to end (``sppdet.training.finetune_conv``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from rich.table import Table
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
                         quiet_option, split_option, stdout_console, workdir_option)
 from sppdet.config import FinetuneConfig
-from sppdet.finetune_stage import check_config, run_finetune
-from sppdet.store import WorkDir
-from sppdet.window_source import WindowSource
+from sppdet.stages.finetune import check_config, run_finetune
+from sppdet.workdir.store import WorkDir
+from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = FinetuneConfig()
 

@@ -7,10 +7,10 @@ from rich.table import Table
 
 from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
-from sppdet.backbones import BACKBONES
+from sppdet.models.backbones import BACKBONES
 from sppdet.config import PretrainConfig
-from sppdet.pretrain import WINDOW_SOURCES
-from sppdet.pretrain_stage import prepare_pretrain, run_pretrain
+from sppdet.training.pretrain import WINDOW_SOURCES
+from sppdet.stages.pretrain import prepare_pretrain, run_pretrain
 
 DEFAULTS = PretrainConfig()
 

@@ -8,8 +8,8 @@ from rich.table import Table
 from cli.common import (data_option, library_errors, progress_bar, quiet_option, shard_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import ProposeConfig
-from sppdet.proposals import MODES
-from sppdet.propose_stage import prepare_propose, run_propose
+from sppdet.models.selective_search import MODES
+from sppdet.stages.propose import prepare_propose, run_propose
 
 DEFAULTS = ProposeConfig()
 

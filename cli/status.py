@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from cli.common import library_errors, quiet_option, stdout_console, workdir_option
-from sppdet.status import work_status
-from sppdet.store import WorkDir
+from sppdet.stages.status import work_status
+from sppdet.workdir.store import WorkDir
 
 
 @click.command("status")

@@ -1,5 +1,5 @@
 """``sppdet train``: propose -> pretrain -> extract -> finetune -> train-svm -> train-bbox in one
-command, every data-dependent choice made on a validation split (``sppdet.train_stage``)."""
+command, every data-dependent choice made on a validation split (``sppdet.stages.train``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.table import Table
 
 from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
                         stderr_console, stdout_console, workdir_option)
-from sppdet.augmented_windows import check_augmentations
+from sppdet.models.object_copies import check_augmentations
 from sppdet.errors import ConfigError
 
 
@@ -55,7 +55,7 @@ def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print
 
     Example: sppdet train --data data/VOC2007 && sppdet eval --split test
     """
-    from sppdet.train_stage import prepare_train, run_train
+    from sppdet.stages.train import prepare_train, run_train
 
     with library_errors():
         plan = prepare_train(workdir, data_root, config_file, augment, val_fraction, device, pretrain_minutes)

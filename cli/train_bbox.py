@@ -7,10 +7,10 @@ from rich.table import Table
 
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
-from sppdet.bbox_stage import run_train_bbox
+from sppdet.stages.train_bbox import run_train_bbox
 from sppdet.config import BboxRegConfig
-from sppdet.store import WorkDir
-from sppdet.window_source import WindowSource
+from sppdet.workdir.store import WorkDir
+from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = BboxRegConfig()
 

@@ -8,9 +8,9 @@ from rich.table import Table
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import SvmConfig
-from sppdet.store import WorkDir
-from sppdet.svm_stage import LAYERS, run_train_svm
-from sppdet.window_source import WindowSource
+from sppdet.workdir.store import WorkDir
+from sppdet.stages.train_svm import LAYERS, run_train_svm
+from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = SvmConfig()
 

@@ -1,7 +1,7 @@
 """One frozen dataclass per stage; each field's comment gives its meaning and the paper's value.
 
 The resolved config of every stage is stored in the work directory's ``config.json`` and hashed
-into the stage's folder name (``sppdet.store``), so changing any field gives a new cache folder.
+into the stage's folder name (``sppdet.workdir.store``), so changing any field gives a new cache folder.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class ExtractConfig:
     scales: tuple[int, ...] = (688,)  # shorter side; paper: 688, or (480, 576, 688, 864, 1200)
     seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)
     target: int = 224  # px; each window is pooled at the scale where it is closest to target^2 (paper: 224)
-    precision: str = "float32"  # the trunk's arithmetic: "float32" or "bfloat16" (sppdet.features; stored float16)
+    precision: str = "float32"  # the trunk's arithmetic: "float32" or "bfloat16" (stored float16 either way)
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class SvmConfig:
     negative_nms: float = 0.7  # drop a negative overlapping a harder one by IoU > this (paper: 0.7; 1 = off)
     use_difficult: bool = True  # difficult ground-truth boxes are positives (R-CNN: yes)
     extra_positives: int = 0  # per object, proposals with IoU >= extra_positive_iou also positives (R-CNN: 0)
-    extra_positive_iou: float = 0.7  # (sppdet.svm_stage; only with extra_positives > 0)
-    augment_positives: tuple[str, ...] = ()  # copies of each object: flip, rot90, channels (sppdet.augmented_windows)
+    extra_positive_iou: float = 0.7  # (sppdet.stages.train_svm; only with extra_positives > 0)
+    augment_positives: tuple[str, ...] = ()  # object copies: flip, rot90, channels (sppdet.models.object_copies)
     fc7_scale: float = 1.0  # "pool5+fc7": fc7 weighted this times pool5's mean norm (sppdet train tries others on val)
     tol: float = 1e-2  # liblinear stopping tolerance (R-CNN's liblinear 1.94 default: 0.1; docs/decisions.md)
     max_iter: int = 1000  # liblinear iteration cap (liblinear default: 1000)
@@ -71,7 +71,7 @@ class BboxRegConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7); with ``train_conv``,
-    trunk and head end to end on whole images (sppdet.finetune_conv)."""
+    trunk and head end to end on whole images (sppdet.training.finetune_conv)."""
 
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 (paper: 4096, 4096); = pretrain's, to start from its head
     epochs: int = 6  # passes over the split (the release: ~ 250k iterations on VOC07 trainval)
@@ -87,7 +87,7 @@ class FinetuneConfig:
     seed: int = 0  # image order, window sampling and initialisation
     train_conv: bool = False  # also train the conv trunk through spp_pool (paper: frozen; Fast R-CNN: trained)
     images_per_batch: int = 2  # train_conv: whole images per SGD step, replacing batch_size (Fast R-CNN: 2)
-    conv_lr_mult: float = 0.1  # train_conv: the trunk's lr = lr * this (Fast R-CNN: 1; sppdet.finetune_conv)
+    conv_lr_mult: float = 0.1  # train_conv: the trunk's lr = lr * this (Fast R-CNN: 1; sppdet.training.finetune_conv)
 
 
 @dataclass(frozen=True)
@@ -98,28 +98,28 @@ class DetectConfig:
     top_k: int = 100  # boxes kept per class per image (paper: 100)
     score_threshold: float = -1.0  # SVM scores below this are dropped before NMS (R-CNN keeps all)
     bbox_reg: bool = True  # refine boxes with the trained regressors when present
-    tta: tuple[str, ...] = ()  # test-time views whose scores and box deltas are averaged in (sppdet.views)
+    tta: tuple[str, ...] = ()  # test-time views whose scores and box deltas are averaged in (sppdet.ops.views)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Training the conv trunk as an SPP classifier of warped windows when no ImageNet weights
-    exist (sppdet.pretrain; the paper pre-trains ZF-5 on ImageNet crops with multi-size training,
-    section 2.3). Defaults measured on the synth demo data (see sppdet.pretrain)."""
+    exist (sppdet.training.pretrain; the paper pre-trains ZF-5 on ImageNet crops with multi-size training,
+    section 2.3). Defaults measured on the synth demo data (see sppdet.training.pretrain)."""
 
-    backbone: str = "zf5"  # trunk to train (sppdet.backbones); zf5 is the paper's
+    backbone: str = "zf5"  # trunk to train (sppdet.models.backbones); zf5 is the paper's
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
     sizes: tuple[int, ...] = (64, 52)  # crop sides, one per epoch in turn (paper: 224, 180)
     epochs: int = 16  # passes over the split (paper: ImageNet, ~70 epochs); demo mAP +0.02 over 12 (2 seeds)
     lr: float = 0.0125  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)
     weight_decay: float = 5e-4  # (paper: 5e-4)
-    batch_size: int = 16  # crops per SGD step (paper: 128 ImageNet crops; 16: more steps, sppdet.pretrain)
+    batch_size: int = 16  # crops per SGD step (paper: 128 ImageNet crops; 16: more steps, sppdet.training.pretrain)
     positives_per_object: int = 8  # extra crops per object: proposals with IoU >= fg_iou to it
     backgrounds_per_image: int = 24  # background crops per image: proposals with IoU < bg_iou to all
     fg_iou: float = 0.5  # proposals this close to an object are crops of its class (R-CNN fine-tuning)
     bg_iou: float = 0.3  # background: proposals with IoU < this to every object (R-CNN SVM negatives)
-    windows: str = "proposals"  # "proposals" (sppdet propose) or "random" (sppdet.random_windows; no proposals)
+    windows: str = "proposals"  # "proposals" (sppdet propose) or "random" (sppdet.training.random_windows)
     parts_per_object: int = 0  # windows "random": boxes inside each object, background crops of its parts
     context: int = 16  # px of context around each box at a 224 px crop, scaled with the crop (R-CNN: 16)
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 sizes (paper: 4096, 4096)
@@ -132,7 +132,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class RcnnConfig:
-    """R-CNN window features: every window warped to a crop and run through the trunk (sppdet.rcnn),
+    """R-CNN window features: every window warped to a crop and run through the trunk (sppdet.models.crops),
     the baseline SPP-net is compared with (``--method rcnn``; SPEC "published numbers")."""
 
     backbone: str = "zf5"  # the same trunk as ExtractConfig's (R-CNN: AlexNet; the paper's comparison: ZF-5)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scenes import cli_runner
-from sppdet.store import WorkDir
-from sppdet.svm import SvmModel
+from sppdet.workdir.store import WorkDir
+from sppdet.models.svm import SvmModel
 
 TINY = ["--width", "0.125"]
 

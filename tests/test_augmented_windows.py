@@ -1,4 +1,4 @@
-"""Transformed copies of objects (sppdet.augmented_windows) against references from their definition."""
+"""Transformed copies of objects (sppdet.models.object_copies) against references from their definition."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from sppdet.augmented_windows import (MARGIN, Copy, augmented_windows, chip_region, draw_copies,
+from sppdet.models.object_copies import (MARGIN, Copy, augmented_windows, chip_region, draw_copies,
                                       geometric_transforms, pooled_copies)
-from sppdet.backbones import Backbone, Preprocessing, build_backbone
+from sppdet.models.backbones import Backbone, Preprocessing, build_backbone
 from sppdet.errors import ConfigError
-from sppdet.features import compute_features
-from sppdet.spp import pool_windows
-from sppdet.views import transform_boxes, transform_image
+from sppdet.models.features import compute_features
+from sppdet.ops.spp import pool_windows
+from sppdet.ops.views import transform_boxes, transform_image
 
 ALL_PAIRS = [(k, f) for f in (False, True) for k in range(4)]
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from sppdet.backbones import (IMAGENET_PREPROCESSING, build_backbone, imagenet_weights_path,
+from sppdet.models.backbones import (IMAGENET_PREPROCESSING, build_backbone, imagenet_weights_path,
                               load_trunk_weights, resolve_device, zf5_channels)
 from sppdet.errors import ConfigError, ModelError
-from sppdet.store import file_hash
+from sppdet.fileio import file_hash
 
 # Receptive-field sizes of one conv5 cell, from the layer list (k, s): zf5 grows 7, +4 (norm1, a
 # 3x3 within-channel LRN at jump 2), +4 (pool1), +16 (conv2), +16 (norm2), +16 (pool2), +32 x 3;

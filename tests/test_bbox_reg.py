@@ -1,22 +1,22 @@
-"""sppdet.bbox_reg: example selection, ridge solver and regressors against references written
+"""sppdet.models.bbox_reg: example selection, ridge solver and regressors against references written
 from SPEC section 9 and R-CNN's rcnn_train_bbox_regressor.m."""
 
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from sppdet.bbox_reg import (
+from sppdet.models.bbox_reg import (
     BboxRegressor,
     _Reservoir,
     fit_ridge,
     select_examples,
     train_bbox_regressors,
 )
-from sppdet.boxes import encode_deltas, iou_matrix
+from sppdet.structures.boxes import encode_deltas, iou_matrix
 from sppdet.config import BboxRegConfig, SvmConfig
 from sppdet.errors import ModelError
-from sppdet.svm import SvmModel
-from sppdet.windows import make_image_windows
+from sppdet.models.svm import SvmModel
+from sppdet.structures.image_windows import make_image_windows
 
 K, D = 2, 64
 NAMES = ("cat", "dog")

@@ -1,9 +1,9 @@
-"""sppdet.boxes against slow loop references written from the convention and SPEC section 9."""
+"""sppdet.structures.boxes against slow loop references written from the convention and SPEC section 9."""
 
 import numpy as np
 import pytest
 
-from sppdet import boxes as B
+from sppdet.structures import boxes as B
 
 
 def random_boxes(rng, n, size=100.0):

@@ -13,30 +13,30 @@ import torch
 from click.testing import CliRunner
 
 from cli.detect import detect
-from sppdet.backbones import build_backbone
-from sppdet.bbox_stage import run_train_bbox
+from sppdet.models.backbones import build_backbone
+from sppdet.stages.train_bbox import run_train_bbox
 from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
 from sppdet.data.voc import write_split
-from sppdet.detect_images import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
+from sppdet.stages.detect import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
                                   expand_inputs)
-from sppdet.detector import Detector, detect_split
-from sppdet.boxes import mirror_boxes
-from sppdet.views import view_boxes
-from sppdet.features import compute_features
-from sppdet.spp import pool_windows
-from sppdet.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
+from sppdet.models.detector import Detector, detect_split
+from sppdet.structures.boxes import mirror_boxes
+from sppdet.ops.views import view_boxes
+from sppdet.models.features import compute_features
+from sppdet.ops.spp import pool_windows
+from sppdet.vis.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, WorkdirError
-from sppdet.extract_stage import (feature_path, features_dir, features_info, prepare_extract, rebuild_trunk,
+from sppdet.stages.extract import (feature_path, features_dir, features_info, prepare_extract, rebuild_trunk,
                                   run_extract)
-from sppdet.finetune_stage import finetuned_head, run_finetune
-from sppdet.head import fc7_features
-from sppdet.propose_stage import prepare_propose, run_propose
-from sppdet.store import WorkDir
-from sppdet import svm_stage
-from sppdet.augmented_windows import augmented_windows
+from sppdet.stages.finetune import finetuned_head, run_finetune
+from sppdet.models.head import fc7_features
+from sppdet.stages.propose import prepare_propose, run_propose
+from sppdet.workdir.store import WorkDir
+from sppdet.stages import train_svm as svm_stage
+from sppdet.models.object_copies import augmented_windows
 from sppdet.data.images import load_bgr
-from sppdet.svm_stage import BALANCE_IMAGES, BALANCE_WINDOWS, run_train_svm
-from sppdet.window_source import WindowSource
+from sppdet.stages.train_svm import BALANCE_IMAGES, BALANCE_WINDOWS, run_train_svm
+from sppdet.workdir.window_source import WindowSource
 from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")
@@ -191,7 +191,7 @@ def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
 
 def test_augmented_positives_add_copies_of_each_object(trained, tmp_path):
     """--augment-positives flip,rot90: each positive object adds its 7 copies, pooled as
-    sppdet.augmented_windows pools them; unknown names and --method rcnn are refused up front."""
+    sppdet.models.object_copies pools them; unknown names and --method rcnn are refused up front."""
     work, _, _ = trained
     copy = tmp_path / "work"
     shutil.copytree(work, copy)

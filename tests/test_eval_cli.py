@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli.eval import eval_command
 from sppdet.data.voc import Annotation, write_annotation, write_split
-from sppdet.store import WorkDir
+from sppdet.workdir.store import WorkDir
 
 # name: (boxes in continuous pixels, class names, difficult)
 TEST = {

@@ -8,9 +8,9 @@ import pytest
 
 from sppdet.data.voc import Annotation, write_annotation, read_annotation
 from sppdet.errors import ConfigError, DatasetError
-from sppdet.evaluate import (VOC07_THRESHOLDS, Detections, average_precision, devkit_iou,
+from sppdet.evaluation.voc_ap import (VOC07_THRESHOLDS, Detections, average_precision, devkit_iou,
                              evaluate, stable_descending)
-from sppdet.results_io import (read_coco_json, read_detections, read_devkit_results,
+from sppdet.evaluation.results_io import (read_coco_json, read_detections, read_devkit_results,
                                results_path, write_coco_json, write_devkit_results,
                                write_summary_json)
 

@@ -14,14 +14,15 @@ import torch
 from click.testing import CliRunner
 
 from cli.extract import extract
-from sppdet.backbones import build_backbone
+from sppdet.models.backbones import build_backbone
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.extract_stage import (feature_path, features_dir, features_info, load_features,
+from sppdet.stages.extract import (feature_path, features_dir, features_info, load_features,
                                   prepare_extract, resolve_target, resolve_weights,
                                   run_extract)
-from sppdet.features import compute_features, load_feature_file, resize_to_scale, save_feature_file
-from sppdet.store import WorkDir, file_hash
+from sppdet.models.features import compute_features, load_feature_file, resize_to_scale, save_feature_file
+from sppdet.fileio import file_hash
+from sppdet.workdir.store import WorkDir
 
 SIZES = {"a": (60, 80), "b": (90, 70), "c": (64, 64), "d": (50, 120)}  # id -> (H, W)
 TINY = dict(backbone="zf5", width=0.125, scales=(96,), device="cpu")

@@ -1,4 +1,4 @@
-"""``finetune --train-conv``: end-to-end pooling and training (sppdet.finetune_conv) and the stage
+"""``finetune --train-conv``: end-to-end pooling and training (sppdet.training.finetune_conv) and the stage
 that saves the trunk, recomputes the features and makes the trunk the default for ``extract``."""
 
 from __future__ import annotations
@@ -10,19 +10,20 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from sppdet.backbones import build_backbone, load_trunk_weights
+from sppdet.models.backbones import build_backbone, load_trunk_weights
 from sppdet.config import FinetuneConfig, ProposeConfig
 from sppdet.data.voc import write_split
 from sppdet.errors import ConfigError
-from sppdet.extract_stage import (TRUNK_RECORD, features_dir, features_info, load_features,
+from sppdet.stages.extract import (TRUNK_RECORD, features_dir, features_info, load_features,
                                   prepare_extract, resolve_weights, run_extract)
-from sppdet.finetune_conv import TrainingImage, TrainableTrunk, pooled_windows, train_end_to_end
-from sppdet.finetune_stage import finetuned_head, run_finetune
-from sppdet.head import FcHead, label_windows
-from sppdet.propose_stage import prepare_propose, run_propose
-from sppdet.spp import choose_scales, pool_windows, pooled_dim
-from sppdet.store import WorkDir, file_hash
-from sppdet.window_source import WindowSource, pooled_feature_hash
+from sppdet.training.finetune_conv import TrainingImage, TrainableTrunk, pooled_windows, train_end_to_end
+from sppdet.stages.finetune import finetuned_head, run_finetune
+from sppdet.models.head import FcHead, label_windows
+from sppdet.stages.propose import prepare_propose, run_propose
+from sppdet.ops.spp import choose_scales, pool_windows, pooled_dim
+from sppdet.fileio import file_hash
+from sppdet.workdir.store import WorkDir
+from sppdet.workdir.window_source import WindowSource, pooled_feature_hash
 from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")

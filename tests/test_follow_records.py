@@ -1,5 +1,5 @@
 """Later stages follow earlier ones: extract takes the trained trunk, refuses a contradicting
-flag, warns about random weights, and reuses the recorded scales (sppdet.records)."""
+flag, warns about random weights, and reuses the recorded scales (sppdet.workdir.records)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from click.testing import CliRunner
 
 from cli.extract import extract
-from sppdet.backbones import build_backbone
+from sppdet.models.backbones import build_backbone
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError
-from sppdet.extract_stage import prepare_extract
-from sppdet.features import auto_precision
-from sppdet.store import WorkDir, file_hash
+from sppdet.stages.extract import prepare_extract
+from sppdet.models.features import auto_precision
+from sppdet.fileio import file_hash
+from sppdet.workdir.store import WorkDir
 
 
 @pytest.fixture()
@@ -77,7 +78,7 @@ def test_no_trunk_means_a_visible_warning(tmp_path, voc):
 def test_a_second_extract_reuses_the_recorded_scales(tmp_path, voc):
     _pretrained(tmp_path)
     first = prepare_extract(tmp_path / "work", data_root=voc, scales=(64, 96), precision="float32", device="cpu")
-    from sppdet.extract_stage import run_extract
+    from sppdet.stages.extract import run_extract
     run_extract(first)
     again = prepare_extract(tmp_path / "work", device="cpu")
     assert again.config.scales == (64, 96) and again.folder == first.folder

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sppdet import head as H
-from sppdet.boxes import iou_matrix
+from sppdet.models import head as H
+from sppdet.structures.boxes import iou_matrix
 from sppdet.errors import ModelError
 
 

@@ -13,20 +13,20 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from sppdet.backbones import WithinChannelLRN, build_backbone, load_trunk_weights
-from sppdet.boxes import iou_matrix
+from sppdet.models.backbones import WithinChannelLRN, build_backbone, load_trunk_weights
+from sppdet.structures.boxes import iou_matrix
 from sppdet.config import PretrainConfig
 from sppdet.data.voc import Annotation, VocDataset, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
-from sppdet.extract_stage import resolve_weights
-from sppdet.head import FcHead, load_head
-from sppdet.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
+from sppdet.stages.extract import resolve_weights
+from sppdet.models.head import FcHead, load_head
+from sppdet.training.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
                              new_classifier, pretrain_windows)
-from sppdet.pretrain_stage import load_pretrained, prepare_pretrain, run_pretrain
-from sppdet.propose_stage import load_proposals, prepare_propose, proposal_path, run_propose
-from sppdet.random_windows import MIN_SIDE, random_window_source, random_windows
-from sppdet.spp import pooled_dim
-from sppdet.store import WorkDir
+from sppdet.stages.pretrain import load_pretrained, prepare_pretrain, run_pretrain
+from sppdet.stages.propose import load_proposals, prepare_propose, proposal_path, run_propose
+from sppdet.training.random_windows import MIN_SIDE, random_window_source, random_windows
+from sppdet.ops.spp import pooled_dim
+from sppdet.workdir.store import WorkDir
 
 HEIGHT, WIDTH = 120, 160
 CLASSES = ("circle", "square")

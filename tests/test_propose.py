@@ -1,4 +1,4 @@
-"""Selective search proposals (sppdet.proposals), the propose stage and the ``propose`` command."""
+"""Selective search proposals (sppdet.models.selective_search), the propose stage and the ``propose`` command."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from cli.propose import propose
 from sppdet.config import ProposeConfig
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
-from sppdet.proposals import proposal_recall, search_groups, selective_search
-from sppdet.propose_stage import (load_proposals, prepare_propose, proposal_path, proposals_dir,
+from sppdet.models.selective_search import proposal_recall, search_groups, selective_search
+from sppdet.stages.propose import (load_proposals, prepare_propose, proposal_path, proposals_dir,
                                   run_propose)
-from sppdet.store import WorkDir
+from sppdet.workdir.store import WorkDir
 
 WIDTH, HEIGHT = 200, 160
 IMAGES = 6

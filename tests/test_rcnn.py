@@ -14,21 +14,21 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from sppdet.backbones import build_backbone
-from sppdet.bbox_stage import trained_regressors
+from sppdet.models.backbones import build_backbone
+from sppdet.stages.train_bbox import trained_regressors
 from sppdet.config import DetectConfig
 from sppdet.data.voc import write_split
-from sppdet.detect_images import ImageDetector, detect_files
-from sppdet.detector import Detector, detect_split
+from sppdet.stages.detect import ImageDetector, detect_files
+from sppdet.models.detector import Detector, detect_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.finetune_stage import finetuned_head
-from sppdet.methods import stage_key
-from sppdet.rcnn import context_boxes, pool_maps, rcnn_pooled, warp_crops
-from sppdet.rcnn_stage import box_rows, compute_rcnn_features, rcnn_features_dir, rcnn_info
-from sppdet.spp import pooled_dim, spp_pool
-from sppdet.store import WorkDir
-from sppdet.svm_stage import trained_svms
-from sppdet.window_source import WindowSource
+from sppdet.stages.finetune import finetuned_head
+from sppdet.workdir.methods import stage_key
+from sppdet.models.crops import context_boxes, pool_maps, rcnn_pooled, warp_crops
+from sppdet.stages.extract_rcnn import box_rows, compute_rcnn_features, rcnn_features_dir, rcnn_info
+from sppdet.ops.spp import pooled_dim, spp_pool
+from sppdet.workdir.store import WorkDir
+from sppdet.stages.train_svm import trained_svms
+from sppdet.workdir.window_source import WindowSource
 from scenes import shape_scene, write_scene_dataset
 
 # ---------------------------------------------------------------------------------------------

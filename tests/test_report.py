@@ -188,7 +188,7 @@ def test_ablation_option_helpers():
 
 def test_rcnn_crop_follows_the_pretrained_trunk(tmp_path):
     import ablation
-    from sppdet.store import WorkDir
+    from sppdet.workdir.store import WorkDir
 
     work = WorkDir(tmp_path)
     assert ablation.rcnn_crop(work, None) == (224, 16)

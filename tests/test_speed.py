@@ -14,14 +14,14 @@ from cli.main import cli
 from sppdet.config import FinetuneConfig, ProposeConfig, SvmConfig
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError
-from sppdet.extract_stage import prepare_extract, run_extract
-from sppdet.finetune_stage import run_finetune
-from sppdet.propose_stage import prepare_propose, run_propose
-from sppdet.speed import METHODS, PARTS, SpeedConfig, bench_speed, run_speed, top_up
-from sppdet.speed_model import random_model, trained_model
-from sppdet.store import WorkDir
-from sppdet.svm import SvmModel
-from sppdet.svm_stage import run_train_svm
+from sppdet.stages.extract import prepare_extract, run_extract
+from sppdet.stages.finetune import run_finetune
+from sppdet.stages.propose import prepare_propose, run_propose
+from sppdet.bench.speed import METHODS, PARTS, SpeedConfig, bench_speed, run_speed, top_up
+from sppdet.bench.speed_model import random_model, trained_model
+from sppdet.workdir.store import WorkDir
+from sppdet.models.svm import SvmModel
+from sppdet.stages.train_svm import run_train_svm
 
 TINY = SpeedConfig(proposals=12, scales_1=(64,), scales_5=(48, 64), rcnn_windows=5, rcnn_size=32,
                    rcnn_context=4, rcnn_batch=3)

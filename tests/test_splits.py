@@ -1,5 +1,5 @@
-"""The validation split (sppdet.splits), the rules that follow the data (sppdet.data_fit) and the
-settings of sppdet train with their sources (sppdet.train_settings)."""
+"""The validation split (sppdet.training.splits), the rules that follow the data (sppdet.data.fit) and the
+settings of sppdet train with their sources (sppdet.training.settings)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from sppdet.data.voc import Annotation, VocDataset, read_split, write_annotation, write_split
-from sppdet.data_fit import ObjectSizes, fit_pretrain_epochs, fit_proposals, fit_scales
+from sppdet.data.fit import ObjectSizes, fit_pretrain_epochs, fit_proposals, fit_scales
 from sppdet.errors import ConfigError, DatasetError
-from sppdet.splits import carve_validation, recorded_splits, resolve_training_splits
-from sppdet.store import WorkDir
-from sppdet.train_settings import read_config_file, resolve_train_settings
+from sppdet.training.splits import carve_validation, recorded_splits, resolve_training_splits
+from sppdet.workdir.store import WorkDir
+from sppdet.training.settings import read_config_file, resolve_train_settings
 
 
 def _dataset(root, counts: dict[str, int], splits: dict[str, list[str]] | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""sppdet.spp against slow loop references written from SPEC.md sections 4-6."""
+"""sppdet.ops.spp against slow loop references written from SPEC.md sections 4-6."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sppdet import spp
-from sppdet.spp import choose_scales, pool_windows, pooled_dim, project_boxes, spp_pool
+from sppdet.ops import spp
+from sppdet.ops.spp import choose_scales, pool_windows, pooled_dim, project_boxes, spp_pool
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
@@ -260,7 +260,7 @@ def test_pool_windows_single_scale_and_empty():
 def test_in_place_block_table_equals_the_concatenated_one():
     """The preallocated table (no autograd) holds exactly the tables the differentiable path
     concatenates, for maps as thin as one cell."""
-    from sppdet.spp import _concatenated_table, _sparse_table
+    from sppdet.ops.spp import _concatenated_table, _sparse_table
 
     generator = torch.Generator().manual_seed(0)
     for height, width in [(1, 1), (5, 7), (3, 40), (17, 2)]:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sppdet import store
+from sppdet import fileio
+from sppdet.workdir import store
 from sppdet.config import ProposeConfig
 from sppdet.errors import WorkdirError
 
@@ -19,9 +20,9 @@ def test_stage_dir_changes_with_settings_and_inputs(tmp_path):
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "x.npy"
-    store.atomic_save_npy(target, np.arange(3))
+    fileio.atomic_save_npy(target, np.arange(3))
     with pytest.raises(RuntimeError):
-        with store.atomic_path(target) as tmp:
+        with fileio.atomic_path(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert np.load(target).tolist() == [0, 1, 2]

@@ -1,4 +1,4 @@
-"""sppdet.svm: hard-negative mining on synthetic separable features, against slow references
+"""sppdet.models.svm: hard-negative mining on synthetic separable features, against slow references
 written from SPEC section 8 and R-CNN's rcnn_train.m."""
 
 import dataclasses
@@ -11,16 +11,17 @@ from sklearn.svm import LinearSVC
 
 from sppdet.config import SvmConfig
 from sppdet.errors import ModelError
-from sppdet.head import FcHead, fc7_features
-from sppdet.svm_stage import svm_features
-from sppdet.svm import (
+from sppdet.models.head import FcHead, fc7_features
+from sppdet.stages.train_svm import svm_features
+from sppdet.models.svm import (
     HardNegativeMiner,
     SvmModel,
     _suppress_overlapping,
     svm_objective,
     train_svms,
 )
-from sppdet.windows import collect_positives, estimate_feature_scale, extra_positive_boxes, make_image_windows
+from sppdet.structures.image_windows import (collect_positives, estimate_feature_scale, extra_positive_boxes,
+                                             make_image_windows)
 
 K, D = 3, 32
 NAMES = ("cat", "dog", "fox")

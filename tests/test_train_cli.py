@@ -76,9 +76,9 @@ def test_svm_variants_mined_together_equal_separate_runs(trained):
     import shutil as sh
 
     from sppdet.config import SvmConfig
-    from sppdet.store import WorkDir
-    from sppdet.svm_stage import MODEL_FILE, run_train_svm, train_svm_variants
-    from sppdet.window_source import WindowSource
+    from sppdet.workdir.store import WorkDir
+    from sppdet.stages.train_svm import MODEL_FILE, run_train_svm, train_svm_variants
+    from sppdet.workdir.window_source import WindowSource
 
     work = WorkDir(trained[2])
     base = SvmConfig(layer="pool5", C=0.2)
@@ -110,10 +110,10 @@ def test_print_config_is_toml_and_a_bad_config_is_one_line(trained, tmp_path):
 def test_a_pretraining_budget_cuts_epochs_once_and_is_remembered(trained, monkeypatch):
     import dataclasses
 
-    import sppdet.train_stage as train_stage
+    import sppdet.stages.train as train_stage
     from sppdet.config import PretrainConfig
-    from sppdet.pretrain_stage import prepare_pretrain
-    from sppdet.store import WorkDir
+    from sppdet.stages.pretrain import prepare_pretrain
+    from sppdet.workdir.store import WorkDir
 
     work = WorkDir(trained[2])
     config = dataclasses.replace(PretrainConfig(), windows="random", epochs=30, width=0.125, hidden=(32, 32))
@@ -134,11 +134,11 @@ def test_pooled_memo_gives_the_same_detections_and_svms(trained, tmp_path):
     import numpy as np
 
     from sppdet.config import DetectConfig, SvmConfig
-    from sppdet.detector import detect_split
-    from sppdet.store import WorkDir
-    from sppdet.svm import SvmModel
-    from sppdet.svm_stage import train_svm_variants
-    from sppdet.window_source import PooledMemo, WindowSource
+    from sppdet.models.detector import detect_split
+    from sppdet.workdir.store import WorkDir
+    from sppdet.models.svm import SvmModel
+    from sppdet.stages.train_svm import train_svm_variants
+    from sppdet.workdir.window_source import PooledMemo, WindowSource
 
     work = WorkDir(trained[2])
     memo = PooledMemo(budget=1e9)
@@ -164,10 +164,10 @@ def test_pooled_memo_gives_the_same_detections_and_svms(trained, tmp_path):
 
 def test_fc7_scale_multiplies_the_balanced_weight(trained):
     from sppdet.config import SvmConfig
-    from sppdet.store import WorkDir
-    from sppdet.svm import SvmModel
-    from sppdet.svm_stage import train_svm_variants
-    from sppdet.window_source import WindowSource
+    from sppdet.workdir.store import WorkDir
+    from sppdet.models.svm import SvmModel
+    from sppdet.stages.train_svm import train_svm_variants
+    from sppdet.workdir.window_source import WindowSource
 
     work = WorkDir(trained[2])
     source = WindowSource(work, "train")

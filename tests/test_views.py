@@ -1,4 +1,4 @@
-"""Test-time views (sppdet.views) against masks and the box-delta formula."""
+"""Test-time views (sppdet.ops.views) against masks and the box-delta formula."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from cli.eval import eval_command
 
-from sppdet.boxes import decode_deltas, encode_deltas
+from sppdet.structures.boxes import decode_deltas, encode_deltas
 from sppdet.errors import ConfigError
-from sppdet.views import VIEWS, check_views, delta_signs, view_boxes, view_image
+from sppdet.ops.views import VIEWS, check_views, delta_signs, view_boxes, view_image
 
 
 @pytest.mark.parametrize("view", list(VIEWS))

@@ -40,7 +40,7 @@ Shared by all looks: every random choice for image ``index`` (ids ``000001``, ..
 same (look, seed, images) and ``images=12`` gives the first 12 images of ``images=400``. A quarter
 of the images are PNG, the rest JPEG (quality 90); the annotation's ``<filename>`` names it.
 
-Ground truth (boxes in the convention of ``sppdet.boxes``): the tight box of the pixels an object
+Ground truth (boxes in the convention of ``sppdet.structures.boxes``): the tight box of the pixels an object
 covers by about a quarter or more (objects are rendered 4x supersampled, or at least 2.5x for
 glyphs), so boxes are integral and exact after the VOC round trip; cut at the image border
 (truncation, as VOC annotates it). Occlusion is tracked per pixel (coverage >= 1/2; distractors
@@ -70,7 +70,7 @@ from sppdet.data.voc import Annotation, read_annotation, write_annotation, write
 from sppdet.data.claim import check_output as claimed_output
 from sppdet.errors import ConfigError
 from sppdet.parallel import Progress, map_unordered, no_progress
-from sppdet.store import atomic_write_bytes, atomic_write_json
+from sppdet.fileio import atomic_write_bytes, atomic_write_json
 
 LOOKS = ("glyphs", "signs", "cells")
 #: Class names per look, sorted (as ``voc.discover_classes`` lists them).

@@ -20,7 +20,7 @@ An image:
     local background (solid, striped or noisy) and sometimes an outline of any colour, so only
     the shape tells the class.
 
-Ground truth (boxes in the convention of ``sppdet.boxes``): the tight box of the full polygon
+Ground truth (boxes in the convention of ``sppdet.structures.boxes``): the tight box of the full polygon
 (widened by half the outline), clipped to the image and rounded outward to integers, so it is
 exact after the VOC round trip of ``sppdet.data.voc``. Occluded objects keep their full box;
 truncated ones get it cut at the border, as VOC annotates truncation. Pixel masks (alpha >= 0.5)
@@ -29,7 +29,7 @@ under 40% of its in-image pixels stay visible, or if under 60% of its pixels lie
 An object with under 5% of its pixels visible is drawn but not annotated.
 
 Splits: 40% of the images are ``test``; of the rest, ``VAL_FRACTION`` (20%, the share
-``sppdet.splits`` carves where a dataset has no val.txt) are ``val`` and the others ``train``;
+``sppdet.training.splits`` carves where a dataset has no val.txt) are ``val`` and the others ``train``;
 ``trainval`` is their union. (Before 2026-12-04 val was half of trainval; the test split and the
 images are unchanged.) Output folders are claimed by ``synth.json``; a non-empty folder
 without it is refused, one with it is regenerated.
@@ -50,7 +50,7 @@ from sppdet.data.voc import Annotation, read_annotation, write_annotation, write
 from sppdet.data.claim import check_output as claimed_output
 from sppdet.errors import ConfigError
 from sppdet.parallel import Progress, map_unordered, no_progress
-from sppdet.store import atomic_write_bytes, atomic_write_json
+from sppdet.fileio import atomic_write_bytes, atomic_write_json
 
 CLASSES = ("circle", "cross", "square", "star", "triangle")  # sorted, as voc.discover_classes
 SPLITS = ("train", "val", "trainval", "test")

@@ -6,7 +6,7 @@
 
 Boxes: VOC stores 1-based inclusive integer pixels ``(xmin, ymin, xmax, ymax)``. This module is
 the only place they are converted to sppdet's continuous 0-based boxes
-``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``sppdet.boxes``) and back again in the writer.
+``(xmin - 1, ymin - 1, xmax, ymax)`` (see ``sppdet.structures.boxes``) and back again in the writer.
 
 Classes: the 20 VOC classes (in the devkit's order) when every name found is a VOC class;
 otherwise the sorted set of names in the ``trainval`` annotations (``train`` and ``val`` if there
@@ -120,7 +120,7 @@ def read_annotation(path: str | os.PathLike) -> Annotation:
 
 def write_annotation(path: str | os.PathLike, annotation: Annotation, folder: str = "sppdet") -> None:
     """Write ``annotation`` as VOC XML (continuous boxes -> 1-based inclusive, rounded), atomically."""
-    from sppdet.store import atomic_write_bytes
+    from sppdet.fileio import atomic_write_bytes
 
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
@@ -167,7 +167,7 @@ def read_split(root: str | os.PathLike, split: str, split_dir: str | os.PathLike
 
 def write_split(root: str | os.PathLike, split: str, image_ids: Sequence[str]) -> None:
     """Write a split file atomically, one id per line."""
-    from sppdet.store import atomic_write_text
+    from sppdet.fileio import atomic_write_text
 
     atomic_write_text(split_path(root, split), "".join(f"{i}\n" for i in image_ids))
 

@@ -1,0 +1,1 @@
+"""Measuring speed: the timed detectors and the timing helpers."""

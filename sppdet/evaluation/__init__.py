@@ -1,0 +1,1 @@
+"""Scoring detections: VOC AP exactly as the devkit, and detections on disk."""

@@ -1,0 +1,189 @@
+"""The fc head on pooled SPP vectors: fc6 -> fc7 -> (K+1)-way fc8, and its fine-tuning.
+
+Shape shorthand: B windows in a mini-batch, D = C * sum(n^2) pooled dimension, H6/H7 hidden sizes,
+K classes (+1 for background, label 0).
+
+SPEC section 7: fc6 and fc7 (4096 each, ReLU, dropout 0.5) fine-tuned on detection data with the
+conv layers frozen; a window is foreground (label of its best ground-truth box) when its IoU is
+>= 0.5, background when its best IoU is in [0.1, 0.5); mini-batches are 25% foreground; SGD with
+momentum 0.9 and weight decay 5e-4. The paper starts fc6/fc7 from ImageNet; sppdet starts them
+from ``sppdet pretrain``'s head when its sizes match, else from a seeded random init.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle  # only for the exception type torch.load raises on a non-checkpoint
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from sppdet.structures.boxes import iou_matrix
+from sppdet.errors import ModelError
+from sppdet.parallel import Progress, no_progress
+from sppdet.fileio import atomic_path, to_jsonable
+
+
+class FcHead(nn.Module):
+    """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8 (K + 1 logits)."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, int], num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.in_dim, self.hidden, self.num_classes = in_dim, tuple(hidden), num_classes
+        self.fc6 = nn.Linear(in_dim, hidden[0])
+        self.fc7 = nn.Linear(hidden[0], hidden[1])
+        self.fc8 = nn.Linear(hidden[1], num_classes + 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def fc7_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """fc7 activations [B, H7] (after ReLU, dropout only in training) of pooled [B, D]."""
+        x = self.dropout(torch.relu(self.fc6(pooled)))
+        return self.dropout(torch.relu(self.fc7(x)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, K + 1] of pooled [B, D] (column 0 is background)."""
+        return self.fc8(self.fc7_features(pooled))
+
+    def describe(self) -> dict:
+        return {"in_dim": self.in_dim, "hidden": list(self.hidden), "num_classes": self.num_classes}
+
+
+def save_head(path: str | os.PathLike, head: FcHead, metadata: dict) -> None:
+    """Save the head's state dict and ``metadata`` (JSON-able) atomically; load with :func:`load_head`."""
+    payload = {"state": head.state_dict(),
+               "meta": json.dumps(to_jsonable({**metadata, "architecture": head.describe()}), sort_keys=True)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_head(path: str | os.PathLike, expected_in_dim: int | None = None) -> tuple[FcHead, dict]:
+    """The head saved at ``path`` (eval mode) and its metadata; ``ModelError`` if it cannot be
+    loaded or expects another pooled dimension than ``expected_in_dim``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(payload["meta"])
+        arch = meta["architecture"]
+    except (OSError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelError(f"{path}: not an sppdet fc head ({exc}); re-run `sppdet finetune`") from None
+    if expected_in_dim is not None and arch["in_dim"] != expected_in_dim:
+        raise ModelError(f"{path}: head expects {arch['in_dim']}-d pooled vectors, the features give "
+                         f"{expected_in_dim}; re-run `sppdet finetune` on these features")
+    head = FcHead(arch["in_dim"], tuple(arch["hidden"]), arch["num_classes"])
+    head.load_state_dict(payload["state"])
+    return head.eval(), meta
+
+
+def label_windows(windows: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
+                  fg_iou: float = 0.5, bg_iou: tuple[float, float] = (0.1, 0.5)) -> np.ndarray:
+    """Training labels int64 [R] for windows [R, 4] given ground truth [G, 4] with labels [G] in 1..K.
+
+    The label of the best-overlapping box when its IoU >= ``fg_iou``; 0 (background) when the best
+    IoU lies in ``[bg_iou[0], bg_iou[1])``; -1 (unused) otherwise. Boxes: ``sppdet.structures.boxes`` convention.
+    """
+    labels = np.full(len(windows), -1, dtype=np.int64)
+    if len(gt_boxes) == 0:
+        labels[:] = 0 if bg_iou[0] <= 0 else -1
+        return labels
+    overlaps = iou_matrix(windows, gt_boxes)
+    best = overlaps.argmax(axis=1)
+    best_iou = overlaps[np.arange(len(windows)), best]
+    labels[(best_iou >= bg_iou[0]) & (best_iou < bg_iou[1])] = 0
+    fg = best_iou >= fg_iou
+    labels[fg] = np.asarray(gt_labels, dtype=np.int64)[best[fg]]
+    return labels
+
+
+def sample_windows(labels: np.ndarray, count: int, fg_fraction: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to ``count`` windows: at most ``fg_fraction`` of them foreground (label > 0),
+    the rest background (label 0), drawn without replacement; windows labelled -1 are never used."""
+    fg = np.flatnonzero(labels > 0)
+    bg = np.flatnonzero(labels == 0)
+    n_fg = min(len(fg), int(round(count * fg_fraction)))
+    n_bg = min(len(bg), count - n_fg)
+    return np.concatenate([rng.choice(fg, n_fg, replace=False), rng.choice(bg, n_bg, replace=False)])
+
+
+@dataclass
+class TrainStats:
+    """Running loss and accuracy of one epoch."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss * len(labels)
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.seen += len(labels)
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
+               epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+               seed: int = 0, progress: Progress = no_progress) -> list[TrainStats]:
+    """SGD on ``head`` over ``epochs``; ``batches(epoch)`` yields (pooled [B, D] float32,
+    labels [B] int64 in 0..K). The learning rate drops 10x for the last quarter of the epochs.
+    ``progress(0, loss=..., acc=...)`` reports each batch (the caller advances the bar, e.g. per
+    image). Returns per-epoch stats."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    step_epoch = max(1, int(np.ceil(epochs * 0.75)))
+    history = []
+    head.train()
+    for epoch in range(epochs):
+        if epoch == step_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+        stats = TrainStats()
+        for pooled, labels in batches(epoch):
+            x, y = torch.from_numpy(pooled), torch.from_numpy(labels)
+            logits = head(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stats.add(loss.item(), logits.detach(), y)
+            progress(0, loss=stats.mean_loss, acc=stats.accuracy)
+        history.append(stats)
+    head.eval()
+    return history
+
+
+def fc7_features(head: FcHead, pooled: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """fc7 activations float32 [R, H7] of pooled vectors [R, D], in eval mode, in chunks."""
+    head.eval()
+    x = torch.as_tensor(pooled, dtype=torch.float32)
+    with torch.inference_mode():
+        parts = [head.fc7_features(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+    return (torch.cat(parts) if parts else torch.zeros(0, head.hidden[1])).numpy()
+
+
+def iterate_minibatches(pooled_per_image: Iterator[tuple[np.ndarray, np.ndarray]],
+                        batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Re-chunk per-image (pooled [R_i, D], labels [R_i]) into batches of ``batch_size`` windows
+    (the last one may be smaller); memory holds at most one batch plus one image."""
+    buffer_x: list[np.ndarray] = []
+    buffer_y: list[np.ndarray] = []
+    held = 0
+    for pooled, labels in pooled_per_image:
+        buffer_x.append(pooled)
+        buffer_y.append(labels)
+        held += len(labels)
+        while held >= batch_size:
+            x, y = np.concatenate(buffer_x), np.concatenate(buffer_y)
+            yield x[:batch_size], y[:batch_size]
+            buffer_x, buffer_y, held = [x[batch_size:]], [y[batch_size:]], len(y) - batch_size
+    if held:
+        yield np.concatenate(buffer_x), np.concatenate(buffer_y)

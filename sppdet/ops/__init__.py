@@ -1,0 +1,1 @@
+"""Kernels: spatial pyramid pooling and image views, one concept a module."""

@@ -1,0 +1,1 @@
+"""One module per command: a config in, prepare/run, a summary out."""

@@ -1,0 +1,336 @@
+"""Detection on new image files: a trained work directory applied to images outside its dataset.
+
+Shape shorthand: P proposals of one image, C conv5 channels, D = C * sum(n^2) the pooled length
+(levels 1, 2, 3, 6), K classes, N detections. Boxes follow ``sppdet.structures.boxes``.
+
+Per image (SPEC section 10): selective search with the ``ProposeConfig`` the work directory's
+``propose`` stage recorded; conv features from the trunk that computed the recorded features
+folder (same backbone, width, weights, scales and seed), rebuilt once per run; SPP pooling with
+that trunk's geometry; then ``sppdet.models.detector.Detector`` (fc head, SVMs, box regression,
+per-class NMS, top-k). The SVMs and regressors only apply to that exact trunk, so a weights file
+that no longer hashes to the folder's recorded ``weights`` id is a ``ModelError``.
+
+``method="rcnn"`` (``sppdet.workdir.methods``): the R-CNN baseline instead of SPP: the trunk of the
+recorded ``extract --method rcnn`` folder warps and runs every proposal (``sppdet.stages.extract_rcnn``
+with that folder's crop size, context and levels), and the models trained with ``--method rcnn``
+score them.
+
+Inputs (:func:`expand_inputs`): files (taken whatever their suffix), directories (their image files
+by ``IMAGE_SUFFIXES``, not recursive) and glob patterns (expanded here, ``**`` included, so quoted
+patterns behave the same on every shell), each sorted, duplicates dropped. A directory or pattern
+without image files is an error before any work; a named file that is missing or unreadable is
+an error of that image only: the other images are still processed.
+
+Cache: ``WORKDIR/detect-cache-<hash>/``, the hash covering the propose config, the features
+folder's hash and the format version (``WorkDir.stage_dir``), so other proposal or trunk settings
+never reuse it. Per image, keyed by the SHA-256 of the file's bytes (a renamed or copied image
+hits, an edited one misses): ``<sha>.proposals.npy`` (float32 [P, 4]) and ``<sha>.npz`` (the maps
+in ``sppdet.models.features``' format), or for rcnn ``<sha>.rcnn.npy`` (float16 [P, D], the proposals'
+vectors), written atomically; an invalid file is recomputed. The cache is never pruned: delete
+the folder to reclaim the space.
+
+Score threshold: ``DEFAULT_SCORE_THRESHOLD = 0.0``, the SVMs' decision boundary (score >= 0: the
+SVM's "object" side), for the drawn boxes and the JSON alike. (``DetectConfig`` and ``sppdet eval``
+keep scores down to -1, because AP rewards the extra recall; pass ``--score-threshold -1`` for a
+JSON meant for scoring.)
+
+Outputs: an annotated copy of each image (``sppdet.vis.draw``) under its file name in the output
+folder, in the same format (``sppdet.vis.draw.write_image``; a file without an image suffix gets
+``.png``), in colour even for a grayscale input. One COCO-style JSON for the run
+(``sppdet.evaluation.results_io.write_coco_json``) whose image_id is the file stem, so two inputs sharing a
+stem are refused. Timing (``DetectRun.seconds``) covers the per-image loop: loading the models and
+building the trunk happen once, before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sppdet.models.backbones import resolve_device
+from sppdet.config import DetectConfig, ProposeConfig
+from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
+from sppdet.models.detector import Detector, require_trained
+from sppdet.vis.draw import draw_detections, write_image
+from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
+from sppdet.evaluation.voc_ap import Detections
+from sppdet.stages.extract import STAGE as EXTRACT_STAGE
+from sppdet.stages.extract import rebuild_trunk
+from sppdet.models.features import compute_features, load_feature_file, save_feature_file
+from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
+from sppdet.parallel import Progress, no_progress
+from sppdet.stages.propose import STAGE as PROPOSE_STAGE
+from sppdet.stages.propose import read_valid
+from sppdet.models.selective_search import selective_search
+from sppdet.stages.extract_rcnn import cached_rcnn_features
+from sppdet.evaluation.results_io import write_coco_json
+from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.ops.views import check_views, view_boxes, view_image
+from sppdet.workdir.window_source import method_features, pooled_feature_hash
+from sppdet.fileio import atomic_save_npy, file_hash
+from sppdet.workdir.store import WorkDir
+
+DEFAULT_SCORE_THRESHOLD = 0.0
+DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
+CACHE_STAGE = "detect-cache"
+KEY_CHARS = 32  # hex digits of the SHA-256 of an image file naming its cache files
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's detections: ``boxes`` float32 [N, 4] (x1, y1, x2, y2), ``scores`` float32 [N],
+    ``labels`` int64 [N] in 1..K, by decreasing score; ``computed`` is True when its proposals or
+    features were not cached yet; ``annotated`` the written copy (None when not asked for)."""
+
+    path: Path
+    image_id: str
+    image_hw: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    computed: bool
+    seconds: float
+    annotated: Path | None
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """An image that could not be processed; ``message`` names the file."""
+
+    path: Path
+    message: str
+
+
+@dataclass
+class DetectRun:
+    """A run over image files: the class names (label k is ``classes[k - 1]``), the per-image
+    results and errors in input order, the cache folder, the JSON written (or None), and the
+    seconds of the per-image loop."""
+
+    classes: tuple[str, ...]
+    cache_folder: Path
+    results: list[ImageResult] = field(default_factory=list)
+    errors: list[ImageError] = field(default_factory=list)
+    json_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def computed(self) -> int:
+        """Images whose proposals or features were computed (not found in the cache)."""
+        return sum(r.computed for r in self.results)
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Loop seconds per image attempted (None if there was none)."""
+        attempted = len(self.results) + len(self.errors)
+        return self.seconds / attempted if attempted else None
+
+    def detections(self) -> Detections:
+        """Every result as ``Detections`` over the image ids (file stems) of ``results``."""
+        return Detections.from_images({r.image_id: (r.boxes, r.scores, r.labels) for r in self.results})
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by ``inputs`` (files, directories, glob patterns), in order, deduplicated.
+
+    An existing path wins over its reading as a pattern (a file name may contain ``[``). A missing
+    plain file is kept (it fails later as that image's error); a directory or a pattern without
+    image files raises ``DatasetError`` naming it.
+    """
+    found: list[Path] = []
+    for text in map(str, inputs):
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = _image_files(path)
+        elif path.exists() or not any(c in text for c in "*?["):
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            kind = "directory" if path.is_dir() else "pattern"
+            raise DatasetError(f"{text}: {kind} matches no image files (suffixes: "
+                               f"{', '.join(IMAGE_SUFFIXES)})")
+        found.extend(files)
+    unique = {p.resolve(): p for p in reversed(found)}  # the first mention of a file wins
+    return [p for p in found if unique.get(p.resolve()) is p]
+
+
+def annotated_name(path: Path) -> str:
+    """The annotated copy's file name: the input's, or ``<stem>.png`` without an image suffix."""
+    return path.name if path.suffix.lower() in IMAGE_SUFFIXES else f"{path.stem}.png"
+
+
+def check_names(paths: Sequence[Path], out_dir: Path | None) -> None:
+    """Refuse two inputs with one image id (file stem), and an output over its own input."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DatasetError(f"{seen[path.stem]} and {path} share the image id {path.stem!r} (the "
+                               "file stem used in the JSON and the annotated names); detect them "
+                               "in separate runs with different --out")
+        seen[path.stem] = path
+        if out_dir is not None and (Path(out_dir) / annotated_name(path)).resolve() == path.resolve():
+            raise ConfigError(f"--out {out_dir}: the annotated copy would overwrite the input {path}; "
+                              "choose another --out")
+
+
+def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
+    """The ``ProposeConfig`` of the work directory's last ``propose`` run."""
+    record = workdir.config().get("stages", {}).get(PROPOSE_STAGE)
+    try:
+        return ProposeConfig(**record["config"])
+    except (TypeError, KeyError):
+        raise WorkdirError(f"{workdir.config_path}: no usable propose record; run sppdet propose "
+                           "(then extract, finetune, train-svm, train-bbox) again") from None
+
+
+class ImageDetector:
+    """A trained work directory ready to run on image files (models and trunk loaded once).
+
+    ``config``: test settings (NMS, top-k, score threshold, box regression); ``device``:
+    "auto", "cpu" or "cuda" for the trunk and the pooling; ``method``: "spp" or "rcnn".
+    """
+
+    def __init__(self, workdir: str | os.PathLike | WorkDir | None,
+                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto",
+                 method: str = DEFAULT_METHOD):
+        work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+        levels = tuple(require_trained(work, method).get("levels") or LEVELS)
+        self.method = method
+        self.views = check_views(config.tta)
+        if self.views and method != DEFAULT_METHOD:
+            raise ConfigError("--tta needs the SPP features of sppdet extract, not --method rcnn")
+        self.propose_config = recorded_propose_config(work)
+        self.features_folder, self.info = method_features(work, method)
+        if method != DEFAULT_METHOD:
+            levels = self.info.config.levels
+        self.device = resolve_device(device)
+        self.backbone = rebuild_trunk(work, self.features_folder, self.info,
+                                      stage_key(EXTRACT_STAGE, method))
+        features_hash = work.stage_hash(self.features_folder)
+        self.levels = levels
+        self.dim = pooled_dim(self.info.channels, levels)
+        self.detector = Detector.from_workdir(
+            work, pooled_feature_hash(features_hash, levels, method), self.dim, config, method)
+        self.classes = self.detector.classes
+        self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
+                                           inputs={"features": features_hash})
+
+    def _proposals(self, bgr: np.ndarray, key: str) -> tuple[np.ndarray, bool]:
+        path = self.cache_folder / f"{key}.proposals.npy"
+        boxes = read_valid(path)
+        if boxes is not None:
+            return boxes, False
+        boxes = selective_search(bgr, self.propose_config)
+        atomic_save_npy(path, boxes)
+        return boxes, True
+
+    def _features(self, bgr: np.ndarray, key: str, image: Path,
+                  view: str | None = None) -> tuple[list, np.ndarray, bool]:
+        """(maps, scale factors, whether they were computed) of ``bgr`` or of its ``view``."""
+        path = self.cache_folder / (f"{key}.{view}.npz" if view else f"{key}.npz")
+        scales = self.info.config.scales
+        try:
+            cached = load_feature_file(path) if path.is_file() else None
+        except WorkdirError:
+            cached = None
+        if (cached is not None and len(cached.maps) == len(scales)
+                and cached.maps[0].shape[0] == self.info.channels
+                and tuple(cached.image_hw) == bgr.shape[:2]):
+            return cached.maps, cached.scale_factors, False
+        try:
+            maps, factors = compute_features(self.backbone, view_image(bgr, view) if view else bgr, scales,
+                                             self.device, self.info.config.precision)
+        except ModelError as exc:
+            raise ModelError(f"{image}: {exc}") from None
+        save_feature_file(path, maps, factors, bgr.shape[:2])
+        return maps, factors, True
+
+    def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray,
+                view: str | None = None):
+        """(pooled float32 [P, D] of ``proposals`` [P, 4], whether anything was computed); with
+        ``view``, the proposals seen in that view of the image, pooled from its features."""
+        if self.method != DEFAULT_METHOD:
+            try:
+                return cached_rcnn_features(self.cache_folder / f"{key}.rcnn.npy", self.backbone, bgr,
+                                            proposals, self.info.config, self.device)
+            except ModelError as exc:
+                raise ModelError(f"{image}: {exc}") from None
+        maps, factors, computed = self._features(bgr, key, image, view)
+        if not len(proposals):
+            return np.zeros((0, self.dim), np.float32), computed
+        windows = view_boxes(proposals, bgr.shape[:2], view) if view else proposals
+        return pool_windows(maps, factors, windows, self.info.stride, self.info.offset, self.levels,
+                            target=self.info.config.target, device=self.device).cpu().numpy(), computed
+
+    def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
+        """Detect in one image file: (its uint8 BGR [H, W, 3], its ``ImageResult`` without an
+        annotated copy). Proposals and features come from the cache when present.
+        ``DatasetError`` naming the file if it cannot be read as an image."""
+        start = time.perf_counter()
+        path = Path(path)
+        bgr = load_bgr(path)
+        key = file_hash(path, chars=KEY_CHARS)
+        proposals, new_proposals = self._proposals(bgr, key)
+        pooled, new_features = self._pooled(bgr, key, path, proposals)
+        views = []
+        for view in self.views:
+            seen, computed = self._pooled(bgr, key, path, proposals, view)
+            views.append((view, seen))
+            new_features = new_features or computed
+        boxes, scores, labels = self.detector.detect(pooled, proposals, bgr.shape[:2], views)
+        return bgr, ImageResult(path, path.stem, bgr.shape[:2], boxes, scores, labels,
+                                new_proposals or new_features, time.perf_counter() - start, None)
+
+
+def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
+                 out_dir: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
+                 progress: Progress | None = None) -> DetectRun:
+    """Run ``detector`` on image files (``expand_inputs`` resolves folders and patterns).
+
+    Writes an annotated copy of each image into ``out_dir`` and one COCO-style JSON of every
+    detection to ``json_path`` (each skipped when None). An image that fails becomes an
+    ``ImageError`` and the others go on; clashing names (:func:`check_names`) or an output folder
+    that cannot be created raise before any image is processed. ``progress(1)`` is called after
+    each image.
+    """
+    progress = progress or no_progress
+    paths = [Path(p) for p in paths]
+    out = None if out_dir is None else Path(out_dir)
+    check_names(paths, out)
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SppdetError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+    run = DetectRun(detector.classes, detector.cache_folder)
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            bgr, result = detector.detect(path)
+            if out is not None:
+                annotated = out / annotated_name(path)
+                write_image(annotated, draw_detections(bgr, result.boxes, result.scores,
+                                                       result.labels, detector.classes))
+                result = dataclasses.replace(result, annotated=annotated)
+            run.results.append(result)
+        except SppdetError as exc:
+            run.errors.append(ImageError(path, str(exc)))
+        progress(1)
+    run.seconds = time.perf_counter() - start
+    if json_path is not None:
+        write_coco_json(json_path, run.detections(), detector.classes)
+        run.json_path = Path(json_path)
+    return run

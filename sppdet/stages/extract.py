@@ -1,0 +1,401 @@
+"""The ``extract`` stage: conv5 features of every image of a split, cached (SPEC section 3).
+
+One file per image (``<image_id>.npz``, see ``sppdet.models.features`` for the format) in the work
+directory folder ``features-<hash>``, where the hash covers the dataset root, an ``ExtractConfig`` (backbone, width,
+the weights file's hash or "none", scales, seed) and the format version, so features from other
+settings are never reused. Features do not depend on the split, so every split shares the folder.
+Re-running skips images whose file is already valid; files are written atomically, so an
+interrupted run resumes where it stopped. ``--shard i/n`` does every n-th image (shards may run
+at the same time). One process: torch already spreads a conv over every core, and on a GPU the
+trunk is the only work; nothing runs in Python per window.
+
+``views`` (``sppdet extract --tta hflip,...``, for ``eval`` / ``detect --tta``, ``sppdet.ops.views``)
+also caches the features of each image's mirrored or half-turned views, in the same format, under
+``<view>/<image_id>.npz`` of the same folder: the same trunk and scales, so the SVMs trained on
+the folder's features score them too.
+
+The stage does not need proposals. It records ``config.json["stages"]["extract"]`` (the folder
+and its geometry) so later stages find the features via :func:`features_dir`, and writes
+``features.json`` (backbone geometry: stride, offset, channels) into the folder itself.
+
+Default weights: when ``weights`` is None, the first of these whose recorded backbone and width
+match (paths absolute or relative to the work directory):
+    1. the trunk of ``sppdet finetune --train-conv``, ``config.json["stages"]["trunk"]["weights"]``,
+       as long as the ``pretrain`` record is still the one it followed (its ``after_pretrain``):
+       a later ``sppdet pretrain`` that trains a new trunk takes precedence again;
+    2. the trunk of ``sppdet pretrain``, ``config.json["stages"]["pretrain"]["weights"]``;
+otherwise random weights ("none").
+
+Scale-choice target (``ExtractConfig.target``, recorded in ``features.json`` so every stage that
+pools these features routes windows alike): the paper pools each window at the scale where it is
+closest to 224 x 224 px, the side of its ImageNet training crops, so windows look as large as the
+objects the trunk learned from. A trunk from ``sppdet pretrain`` learned from much smaller crops
+(``--sizes``, 64 px by default), so with such a trunk the default target is
+``TARGET_PER_CROP_SIDE`` (1.5) times its largest crop side: 96 px for 64 px crops. Measured on the
+demo (pool5 SVMs, no box regression, scales 224-896, test mAP): target 48: 0.463, 64: 0.536,
+80: 0.565, 96: 0.589, 112: 0.563, 224: 0.516. A window's conv5 cells also see context beyond it
+(their receptive fields), which is why the best target is above the crop side. Other weights
+(random, ImageNet, a file) keep the paper's 224.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from sppdet.models.backbones import Backbone, build_backbone, resolve_device
+from sppdet.config import ExtractConfig
+from sppdet.data.fit import fit_scales, object_sizes
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import VocDataset
+from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.models.features import (AUTO_PRECISION, FeatureFile, auto_precision, check_precision, compute_features,
+                              load_feature_file, save_feature_file)
+from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
+from sppdet.workdir.records import TUNED_TRUNK_RECORD, extract_record, trained_trunk, trained_trunks
+from sppdet.ops.spp import TARGET
+from sppdet.fileio import atomic_write_json, read_json
+from sppdet.workdir.store import WorkDir
+from sppdet.ops.views import check_views, view_image
+
+STAGE = "extract"
+#: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
+TRUNK_RECORD = TUNED_TRUNK_RECORD
+DEFAULT_BACKBONE = "zf5"
+DEFAULT_WIDTH = 1.0
+FOLDER_STAGE = "features"
+#: With a trunk from ``sppdet pretrain``, the default scale-choice target is this times its
+#: largest crop side (module docstring).
+TARGET_PER_CROP_SIDE = 1.5
+INFO_FILE = "features.json"
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    """What a features folder holds: its config and the trunk's geometry (``sppdet.models.backbones``)."""
+
+    config: ExtractConfig
+    stride: int
+    offset: float
+    channels: int
+
+
+@dataclass
+class ExtractJob:
+    """A resolved ``extract`` run: the trunk, the dataset, the images of this shard, the folder."""
+
+    workdir: WorkDir
+    dataset: VocDataset
+    image_ids: list[str]
+    backbone: Backbone
+    config: ExtractConfig
+    folder: Path
+    device: torch.device
+    views: tuple[str, ...] = ()  # also these views' features (sppdet.ops.views; module docstring)
+    settings: "ExtractSettings | None" = None  # how each setting was chosen (flag, recorded, data)
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What a run did: images of the shard, how many were computed or already cached, the time,
+    and the size of the whole cache folder in bytes."""
+
+    folder: Path
+    images: int
+    computed: int
+    skipped: int
+    seconds: float
+    cache_bytes: int
+    weights: str
+    device: str
+
+
+def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
+                    width: float) -> str:
+    """``weights`` if given; else the fine-tuned, then the pretrained trunk recorded for this
+    backbone and width (see the module docstring); else ``"none"``."""
+    if weights is not None:
+        return str(weights)
+    for trunk in trained_trunks(workdir):
+        if trunk.backbone == backbone and trunk.width == width:
+            return str(trunk.weights)
+    return "none"
+
+
+def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
+    """``target`` if given; else, when ``weights`` (as resolved by :func:`resolve_weights`) is the
+    trunk of ``sppdet pretrain`` or one fine-tuned from it, ``TARGET_PER_CROP_SIDE`` times the
+    largest crop side it was trained on; else the paper's 224 (``sppdet.ops.spp.TARGET``)."""
+    if target is not None:
+        if int(target) < 1:
+            raise ConfigError(f"--target {target}: must be a positive number of pixels")
+        return int(target)
+    for trunk in trained_trunks(workdir):
+        if Path(weights).resolve() == trunk.weights.resolve() and trunk.crop_sizes:
+            return int(round(TARGET_PER_CROP_SIDE * max(trunk.crop_sizes)))
+    return TARGET
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """The resolved settings of an ``extract`` run and where each came from: ``sources`` maps
+    backbone, width, weights, scales, target and precision to "flag", "default", "recorded (...)"
+    or "data (...)"; ``warnings`` are lines the user must see (e.g. random weights)."""
+
+    backbone: str
+    width: float
+    weights: str
+    scales: tuple[int, ...]
+    target: int
+    precision: str
+    sources: dict
+    warnings: tuple[str, ...]
+
+
+def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str | None = None,
+                             width: float | None = None, weights: str | os.PathLike | None = None,
+                             scales: Sequence[int] | None = None, target: int | None = None,
+                             precision: str | None = None, device: str = "cpu") -> ExtractSettings:
+    """Fill each setting left as None from what the work directory records (module docstring,
+    "Settings"): the trained trunk gives backbone, width and weights; an earlier extract with the
+    same trunk gives scales, target and precision; else scales follow the trunk's training split's
+    objects (``sppdet.data.fit.fit_scales``) and precision is float32. A ``backbone`` or ``width``
+    that contradicts the recorded trunk (without ``weights``) is a ``ConfigError``: extracting
+    with a random trunk by accident gives features no SVM can use."""
+    sources, warnings = {}, []
+    trunk = trained_trunk(work) if weights is None else None
+    if trunk is not None:
+        for name, given, recorded in (("backbone", backbone, trunk.backbone), ("width", width, trunk.width)):
+            if given is not None and given != recorded:
+                raise ConfigError(
+                    f"--{name} {given}: the trunk trained in {work.root} ({trunk.made_by}, {trunk.backbone} "
+                    f"width {trunk.width:g}) has another shape; leave out --{name} to use it, or pass "
+                    "--weights none (random) / imagenet / PATH to extract with other weights")
+        backbone, width, chosen = trunk.backbone, trunk.width, str(trunk.weights)
+        sources.update(backbone=f"recorded ({trunk.made_by})", width=f"recorded ({trunk.made_by})",
+                       weights=f"recorded ({trunk.made_by})")
+    else:
+        sources.update(backbone="flag" if backbone is not None else "default",
+                       width="flag" if width is not None else "default",
+                       weights="flag" if weights is not None else "default")
+        backbone = backbone if backbone is not None else DEFAULT_BACKBONE
+        width = float(width) if width is not None else DEFAULT_WIDTH
+        chosen = str(weights) if weights is not None else "none"
+        if weights is None:
+            warnings.append(f"{work.root}: no trained trunk, so the features come from RANDOM weights "
+                            f"({backbone} width {width:g}); run sppdet pretrain first, or pass --weights "
+                            "imagenet (downloads ImageNet weights) or --weights none to mean it")
+    prior = extract_record(work)
+    prior_config = prior.get("config", {}) if prior else {}
+    same_weights = prior_config.get("weights") == "none" if chosen == "none" else \
+        bool(prior) and prior.get("weights_source") == chosen
+    same_trunk = same_weights and prior_config.get("backbone") == backbone and \
+        float(prior_config.get("width", -1)) == float(width)
+    if target is None and same_trunk:
+        target, sources["target"] = int(prior_config["target"]), "recorded (extract)"
+    else:
+        sources["target"] = "flag" if target is not None else (
+            "trunk's crop sides" if trunk is not None and trunk.crop_sizes else "default (paper)")
+        target = resolve_target(work, chosen, target)
+    if scales is None and same_trunk:
+        scales, sources["scales"] = tuple(prior_config["scales"]), "recorded (extract)"
+    elif scales is None:
+        split = trunk.split if trunk is not None and trunk.split else dataset.split
+        fitted = dataset if split == dataset.split else VocDataset(dataset.root, split, classes=(),
+                                                                   check_images=False,
+                                                                   split_dir=work.split_dir(dataset.root))
+        scales, sources["scales"] = fit_scales(object_sizes(fitted), target), f"data (objects of {split})"
+    else:
+        sources["scales"] = "flag"
+    if precision is None and same_trunk and prior_config.get("precision"):
+        precision, sources["precision"] = prior_config["precision"], "recorded (extract)"
+    elif precision is None:
+        precision, sources["precision"] = "float32", "default"
+    else:
+        sources["precision"] = "flag"
+    if precision == AUTO_PRECISION:
+        precision, sources["precision"] = auto_precision(device), f"{sources['precision']}: auto for {device}"
+    return ExtractSettings(backbone=backbone, width=float(width), weights=chosen,
+                           scales=normalise_scales(scales), target=int(target),
+                           precision=check_precision(precision), sources=sources, warnings=tuple(warnings))
+
+
+def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info``: its ``features_info``, or
+    the R-CNN cache's ``rcnn_info``), built from ``weights_source`` (a weights file; unused when
+    the features came from a random trunk). ``ModelError`` ending in ``remedy`` if the file is
+    gone or the built trunk is not the one recorded (weights hash, channels, stride, offset)."""
+    config = info.config
+    weights = "none"
+    if config.weights != "none":
+        if not weights_source or not Path(weights_source).is_file():
+            raise ModelError(f"{weights_source or folder}: the trunk weights of the features "
+                             f"{folder.name} are missing; restore the file, or {remedy}")
+        weights = weights_source
+    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    if (net.weights_id, net.channels, net.stride, net.offset) != (config.weights, info.channels,
+                                                                   info.stride, info.offset):
+        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
+                         f"is not the one that computed {folder} (weights {config.weights}); "
+                         f"restore the weights file, or {remedy}")
+    return net
+
+
+def rebuild_trunk(workdir: WorkDir, folder: Path, info,
+                  stage: str = STAGE) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
+    ``sppdet.stages.extract_rcnn.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
+    the ``stage`` record (:func:`feature_trunk` checks it)."""
+    record = workdir.config().get("stages", {}).get(stage) or {}
+    source = record.get("weights_source") if record.get("folder") == folder.name else None
+    return feature_trunk(folder, info, source,
+                         "re-run sppdet extract, finetune, train-svm and train-bbox")
+
+
+def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:
+    """Scales as sorted, distinct positive ints (so equal sets give the same cache folder)."""
+    try:
+        values = tuple(sorted({int(s) for s in scales}))
+    except (TypeError, ValueError):
+        raise ConfigError(f"--scales {scales!r}: expected whole numbers, e.g. 688 or 480,576,688") from None
+    if not values or values[0] <= 0:
+        raise ConfigError(f"--scales {scales!r}: need at least one scale, all > 0")
+    return values
+
+
+def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: str = "trainval",
+                    backbone: str | None = None, width: float | None = None,
+                    weights: str | os.PathLike | None = None, scales: Sequence[int] | None = None,
+                    seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
+                    shard: str | None = None, target: int | None = None,
+                    views: Sequence[str] = (), precision: str | None = None) -> ExtractJob:
+    """Resolve an ``extract`` run: settings left as None follow the work directory's records
+    (:func:`resolve_extract_settings`), then build the trunk (``sppdet.models.backbones.build_backbone``),
+    open the split, pick this shard's images and the cache folder. Nothing is computed yet."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    if scales is not None:
+        scales = normalise_scales(scales)
+    views = check_views(views)
+    if precision not in (None, AUTO_PRECISION):
+        check_precision(precision)
+    shard_index, shard_count = parse_shard(shard)
+    torch_device = resolve_device(device)
+    root = work.data_root(data_root)
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))  # no class list needed
+    if data_root is not None and not work.config().get("data_root"):
+        work.set_data_root(root)
+    settings = resolve_extract_settings(work, dataset, backbone, width, weights, scales, target, precision,
+                                        str(torch_device))
+    net = build_backbone(settings.backbone, settings.width, settings.weights, seed)
+    config = ExtractConfig(backbone=settings.backbone, width=settings.width, weights=net.weights_id,
+                           scales=settings.scales, seed=int(seed), target=settings.target,
+                           precision=settings.precision)
+    folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
+    if not (folder / INFO_FILE).is_file():
+        atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
+    return ExtractJob(workdir=work, dataset=dataset,
+                      image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
+                      backbone=net, config=config, folder=folder, device=torch_device, views=views,
+                      settings=settings)
+
+
+def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, weights: str | os.PathLike,
+                         device: str = "auto", data_root: str | os.PathLike | None = None,
+                         views: Sequence[str] = ()) -> ExtractJob:
+    """An extract job computing ``split``'s features exactly as ``config`` (a features folder's:
+    backbone, width, scales, seed, target, precision), with the trunk in ``weights``."""
+    return prepare_extract(workdir, split, config.backbone, config.width, weights, config.scales, config.seed,
+                           device, data_root, target=config.target, views=views, precision=config.precision)
+
+
+def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:
+    """The cache file of one image (or of its ``view``, ``sppdet.ops.views``) in a features folder."""
+    return (Path(folder) / view if view else Path(folder)) / f"{image_id}.npz"
+
+
+def _is_cached(path: Path, job: ExtractJob) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        cached = load_feature_file(path)
+    except WorkdirError:
+        return False
+    return len(cached.maps) == len(job.config.scales) and cached.maps[0].shape[0] == job.backbone.channels
+
+
+def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSummary:
+    """Compute and cache the features of every image of ``job`` not cached yet.
+
+    ``progress(1)`` is called after each image (cached ones included). Records the stage in
+    ``config.json`` when done.
+    """
+    progress = progress or no_progress
+    start = time.perf_counter()
+    computed = 0
+    for image_id in job.image_ids:
+        missing = [view for view in (None, *job.views)
+                   if not _is_cached(feature_path(job.folder, image_id, view), job)]
+        if missing:
+            image_file = job.dataset.image_path(image_id)
+            bgr = load_bgr(image_file)
+            for view in missing:
+                image = view_image(bgr, view) if view else bgr
+                try:
+                    maps, factors = compute_features(job.backbone, image, job.config.scales, job.device,
+                                                     job.config.precision)
+                except ModelError as exc:
+                    raise ModelError(f"{image_file}: {exc}") from None
+                save_feature_file(feature_path(job.folder, image_id, view), maps, factors, bgr.shape[:2])
+            computed += 1
+        progress(1)
+    info = features_info(job.folder)
+    job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
+                                     "stride": info.stride, "offset": info.offset,
+                                     "channels": info.channels,
+                                     "weights_source": job.backbone.weights_source})
+    return ExtractSummary(
+        folder=job.folder, images=len(job.image_ids), computed=computed,
+        skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,
+        cache_bytes=sum(p.stat().st_size for p in job.folder.glob("**/*.npz")),
+        weights=job.backbone.weights_source, device=str(job.device))
+
+
+def features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The features folder of the last ``sppdet extract`` in this work directory
+    (``WorkdirError`` if there is none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(STAGE)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no conv features; run sppdet extract first")
+    return folder
+
+
+def features_info(folder: str | os.PathLike) -> FeaturesInfo:
+    """The config and geometry (stride, offset, channels) of a features folder."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; run sppdet extract first")
+    data = read_json(path)
+    config = dict(data["config"], scales=tuple(data["config"]["scales"]))
+    return FeaturesInfo(config=ExtractConfig(**config), stride=int(data["stride"]),
+                        offset=float(data["offset"]), channels=int(data["channels"]))
+
+
+def load_features(folder: str | os.PathLike, image_id: str, view: str | None = None) -> FeatureFile:
+    """The cached maps of ``image_id`` (memory-mapped float16 ``[C, H_s, W_s]`` per scale, plus
+    scale factors ``[S]``), or of its ``view``; ``WorkdirError`` saying which ``sppdet extract``
+    to run if it is missing."""
+    path = feature_path(Path(folder), image_id, view)
+    if not path.is_file():
+        if view:
+            raise WorkdirError(f"{path}: no {view} features for image {image_id!r}; run sppdet "
+                               f"extract --tta {view} (with --split covering this image)")
+        raise WorkdirError(f"{path}: no features for image {image_id!r}; run sppdet extract first "
+                           "(with --split covering this image)")
+    return load_feature_file(path)

@@ -1,0 +1,278 @@
+"""The ``extract --method rcnn`` stage: R-CNN window features of a split, cached per image.
+
+Shape shorthand: G ground-truth boxes and P proposals of one image, N = G + P cached windows,
+R requested windows, C conv5 channels, D = C * sum(n^2) the pooled length.
+
+Each image's ground-truth boxes (every annotated object) and cached proposals (``sppdet propose``)
+are warped and pooled by ``sppdet.models.crops.rcnn_pooled``; the vectors go to the work directory folder
+``rcnn-features-<hash>``, whose hash covers an ``RcnnConfig`` (backbone, width, the weights file's
+hash, crop size, context, pyramid levels, seed), the dataset root, the proposals folder's hash and
+the format version. Like the SPP features the folder is shared by every split. Per image:
+
+    <image_id>.boxes.npy   float32 [N, 4]   the windows (ground truth, then proposals)
+    <image_id>.pooled.npy  float16 [N, D]   their pooled vectors, row for row
+
+Unlike SPP's conv maps, these only cover the cached windows: a reader asks for boxes and gets their
+rows (:func:`lookup_pooled`, an exact match of the float32 coordinates); any other box is an
+error. ``pooled`` is written before ``boxes`` and both atomically, so an image counts as done only
+when both are valid and agree. Re-running skips done images; ``--shard i/n`` does every n-th image.
+One process: the trunk already uses every core. Records ``config.json["stages"]["extract:rcnn"]``
+(``sppdet.workdir.methods``) so later stages find the folder via :func:`rcnn_features_dir`.
+
+Default weights: as ``sppdet extract`` (``sppdet.stages.extract.resolve_weights``): the trunk of
+``sppdet pretrain`` when backbone and width match, else random.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from sppdet.models.backbones import Backbone, build_backbone, resolve_device
+from sppdet.structures.boxes import as_boxes
+from sppdet.config import RcnnConfig
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import VocDataset
+from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.stages.extract import DEFAULT_BACKBONE, DEFAULT_WIDTH, ExtractSummary, resolve_weights
+from sppdet.workdir.methods import stage_key
+from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
+from sppdet.stages.propose import load_proposals, proposals_dir
+from sppdet.models.crops import check_crop, rcnn_pooled
+from sppdet.workdir.records import trained_trunk
+from sppdet.ops.spp import LEVELS, pooled_dim
+from sppdet.fileio import atomic_save_npy, atomic_write_json, read_json
+from sppdet.workdir.store import WorkDir
+
+STAGE = stage_key("extract", "rcnn")
+FOLDER_STAGE = "rcnn-features"
+INFO_FILE = "features.json"
+
+
+@dataclass(frozen=True)
+class RcnnInfo:
+    """What an R-CNN features folder holds: its config and the trunk's geometry and channels
+    (the fields ``sppdet.stages.detect.rebuild_trunk`` checks, as ``FeaturesInfo``)."""
+
+    config: RcnnConfig
+    stride: int
+    offset: float
+    channels: int
+
+    @property
+    def dim(self) -> int:
+        """D, the length of one pooled window."""
+        return pooled_dim(self.channels, self.config.levels)
+
+
+@dataclass
+class RcnnJob:
+    """A resolved ``extract --method rcnn`` run."""
+
+    workdir: WorkDir
+    dataset: VocDataset
+    image_ids: list[str]
+    backbone: Backbone
+    config: RcnnConfig
+    folder: Path
+    proposals_folder: Path
+    batch: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class RcnnSummary(ExtractSummary):
+    """``ExtractSummary`` plus the windows warped in this run."""
+
+    windows: int = 0
+
+
+def normalise_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Pyramid levels as a tuple of positive ints, in the given order (it fixes the vector layout)."""
+    try:
+        values = tuple(int(n) for n in levels)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--levels {levels!r}: expected whole numbers, e.g. 1,2,3,6") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--levels {levels!r}: need at least one level, all >= 1")
+    return values
+
+
+def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, split: str = "trainval",
+                         backbone: str | None = None, width: float | None = None,
+                         weights: str | os.PathLike | None = None, crop_size: int = 224,
+                         context: int = 16, levels: Sequence[int] = LEVELS, seed: int = 0,
+                         batch: int = 128, device: str = "auto",
+                         data_root: str | os.PathLike | None = None,
+                         shard: str | None = None) -> RcnnJob:
+    """Resolve an ``extract --method rcnn`` run: check the crop settings, build the trunk, open
+    the split and the proposals, pick this shard's images and the cache folder. ``backbone`` and
+    ``width`` left as None follow the trunk sppdet trained (``sppdet.workdir.records``; zf5 1.0 without one)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    trunk = trained_trunk(work) if weights is None else None
+    backbone = backbone or (trunk.backbone if trunk else DEFAULT_BACKBONE)
+    width = float(width if width is not None else (trunk.width if trunk else DEFAULT_WIDTH))
+    check_crop(int(crop_size), int(context))
+    if batch < 1:
+        raise ConfigError(f"--batch {batch}: need at least one crop per forward pass")
+    levels = normalise_levels(levels)
+    shard_index, shard_count = parse_shard(shard)
+    torch_device = resolve_device(device)
+    root = work.data_root(data_root)
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))
+    if data_root is not None and not work.config().get("data_root"):
+        work.set_data_root(root)
+    proposals = proposals_dir(work)
+    net = build_backbone(backbone, width, resolve_weights(work, weights, backbone, width), seed)
+    config = RcnnConfig(backbone=backbone, width=float(width), weights=net.weights_id,
+                        crop_size=int(crop_size), context=int(context), levels=levels, seed=int(seed))
+    folder = work.stage_dir(FOLDER_STAGE, config, inputs={
+        "data_root": str(root), "proposals": work.stage_hash(proposals)})
+    if not (folder / INFO_FILE).is_file():
+        atomic_write_json(folder / INFO_FILE, RcnnInfo(config, net.stride, net.offset, net.channels))
+    return RcnnJob(work, dataset, select_shard(dataset.image_ids, shard_index, shard_count), net,
+                   config, folder, proposals, int(batch), torch_device)
+
+
+def compute_rcnn_features(backbone: Backbone, bgr: np.ndarray, boxes, config: RcnnConfig,
+                          batch: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
+    """float16 ``[R, D]`` R-CNN vectors of ``boxes`` float32 ``[R, 4]`` (``sppdet.structures.boxes``) in
+    uint8 BGR ``[H, W, 3]``; ``ModelError`` if a value overflows float16 (badly scaled weights)."""
+    pooled = rcnn_pooled(backbone, bgr, boxes, config.levels, config.crop_size, config.context,
+                         batch, device).astype(np.float16)
+    if not np.isfinite(pooled).all():
+        raise ModelError(f"{backbone.name} weights ({backbone.weights_source}) give conv5 values "
+                         "that are not finite in float16; they are badly scaled")
+    return pooled
+
+
+def cached_rcnn_features(path: str | os.PathLike, backbone: Backbone, bgr: np.ndarray, boxes,
+                         config: RcnnConfig, device: torch.device | str = "cpu") -> tuple[np.ndarray, bool]:
+    """(float32 ``[R, D]`` vectors of ``boxes`` [R, 4], whether they were computed): read from
+    ``path`` (a float16 ``[R, D]`` ``.npy``) when it holds R rows of the right length, else
+    computed by :func:`compute_rcnn_features` and saved there atomically."""
+    dim = pooled_dim(backbone.channels, config.levels)
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        cached = None
+    if cached is not None and cached.dtype == np.float16 and cached.shape == (len(boxes), dim):
+        return cached.astype(np.float32), False
+    pooled = compute_rcnn_features(backbone, bgr, boxes, config, device=device)
+    atomic_save_npy(path, pooled)
+    return pooled.astype(np.float32), True
+
+
+def _paths(folder: Path, image_id: str) -> tuple[Path, Path]:
+    return Path(folder) / f"{image_id}.boxes.npy", Path(folder) / f"{image_id}.pooled.npy"
+
+
+def read_cached(folder: str | os.PathLike, image_id: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(boxes float32 [N, 4], pooled float16 [N, D] memory-mapped) of one image, or None when
+    either file is missing, malformed or they disagree."""
+    boxes_path, pooled_path = _paths(Path(folder), image_id)
+    try:
+        boxes = np.load(boxes_path, allow_pickle=False)
+        pooled = np.load(pooled_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4
+            or pooled.dtype != np.float16 or pooled.shape != (len(boxes), dim)):
+        return None
+    return boxes, pooled
+
+
+def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSummary:
+    """Warp, run and pool the ground-truth boxes and proposals of every image of ``job`` not
+    cached yet. ``progress(1)`` after each image (cached ones included); records the stage."""
+    progress = progress or no_progress
+    start = time.perf_counter()
+    computed = windows = 0
+    dim = pooled_dim(job.backbone.channels, job.config.levels)
+    for image_id in job.image_ids:
+        if read_cached(job.folder, image_id, dim) is None:
+            boxes = np.concatenate([job.dataset.annotation(image_id).boxes,
+                                    load_proposals(job.proposals_folder, image_id)])
+            image_file = job.dataset.image_path(image_id)
+            try:
+                pooled = compute_rcnn_features(job.backbone, load_bgr(image_file), boxes, job.config,
+                                               job.batch, job.device)
+            except ModelError as exc:
+                raise ModelError(f"{image_file}: {exc}") from None
+            boxes_path, pooled_path = _paths(job.folder, image_id)
+            atomic_save_npy(pooled_path, pooled)
+            atomic_save_npy(boxes_path, boxes)
+            computed += 1
+            windows += len(boxes)
+        progress(1)
+    job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
+                                     "stride": job.backbone.stride, "offset": job.backbone.offset,
+                                     "channels": job.backbone.channels,
+                                     "weights_source": job.backbone.weights_source})
+    return RcnnSummary(
+        folder=job.folder, images=len(job.image_ids), computed=computed,
+        skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,
+        cache_bytes=sum(p.stat().st_size for p in job.folder.glob("*.npy")),
+        weights=job.backbone.weights_source, device=str(job.device), windows=windows)
+
+
+def rcnn_features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The folder of the last ``sppdet extract --method rcnn`` (``WorkdirError`` if none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(STAGE)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no R-CNN window features; run sppdet extract --method rcnn first")
+    return folder
+
+
+def rcnn_info(folder: str | os.PathLike) -> RcnnInfo:
+    """The config and trunk geometry of an R-CNN features folder."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; run sppdet extract --method rcnn first")
+    data = read_json(path)
+    config = dict(data["config"], levels=tuple(data["config"]["levels"]))
+    return RcnnInfo(config=RcnnConfig(**config), stride=int(data["stride"]),
+                    offset=float(data["offset"]), channels=int(data["channels"]))
+
+
+def _keys(boxes: np.ndarray) -> np.ndarray:
+    """One 16-byte key per float32 box [N, 4] (+0.0 turns -0.0 into 0.0, so equal boxes match)."""
+    return np.ascontiguousarray(boxes + np.float32(0)).view(np.dtype((np.void, 16))).reshape(-1)
+
+
+def box_rows(cached: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """int64 [R]: the first row of ``cached`` [N, 4] equal to each box of ``wanted`` [R, 4]
+    (exact float32 coordinates), or -1 where there is none. One sort, no loop over boxes."""
+    cached, wanted = as_boxes(cached), as_boxes(wanted)
+    _, first, inverse = np.unique(_keys(np.concatenate([cached, wanted])), return_index=True,
+                                  return_inverse=True)
+    rows = first[inverse.reshape(-1)[len(cached):]].astype(np.int64)
+    rows[rows >= len(cached)] = -1
+    return rows
+
+
+def lookup_pooled(folder: str | os.PathLike, image_id: str, boxes, dim: int) -> np.ndarray:
+    """The cached R-CNN vectors float32 [R, D] of ``boxes`` float32 [R, 4] of ``image_id``.
+
+    ``WorkdirError`` if the image is not cached ("run sppdet extract --method rcnn") or if a box
+    is neither one of its ground-truth boxes nor one of its cached proposals.
+    """
+    cached = read_cached(folder, image_id, dim)
+    if cached is None:
+        raise WorkdirError(f"{_paths(Path(folder), image_id)[1]}: no valid R-CNN features for image "
+                           f"{image_id!r}; run sppdet extract --method rcnn (with --split covering it)")
+    rows = box_rows(cached[0], boxes)
+    missing = int((rows < 0).sum())
+    if missing:
+        raise WorkdirError(f"{folder}: {missing} of {len(rows)} windows of image {image_id!r} are not "
+                           "cached; --method rcnn has features only for ground-truth boxes and "
+                           "proposals (re-run sppdet extract --method rcnn after sppdet propose)")
+    return np.asarray(cached[1][rows], dtype=np.float32)

@@ -1,0 +1,204 @@
+"""The ``propose`` stage: selective search over a split, cached per image, with a recall summary.
+
+Cache: one file ``<image_id>.npy`` (float32 ``[N, 4]``, ``sppdet.structures.boxes`` convention, the order of
+``sppdet.models.selective_search``) per image in the work directory folder ``proposals-<hash>``. The hash covers
+the ``ProposeConfig`` and the dataset root (so proposals of another dataset with the same image
+ids are never reused); proposals do not depend on the split, so all splits share the folder.
+Files are written atomically; a re-run skips an image whose file loads as a valid array and
+recomputes a missing or corrupt one. ``--shard i/n`` does every n-th image of the split.
+
+Images run in parallel over ``workers`` processes (``sppdet.parallel.map_unordered``, OpenCV
+limited to one thread in each), since OpenCV's selective search is single-threaded.
+
+Records: ``--data`` (when given) becomes the work directory's dataset root (the latest ``propose
+--data`` wins), and ``config.json["stages"]["propose"]`` holds the folder name (relative to the
+work directory), the config and the dataset root; later stages find the proposals through
+:func:`proposals_dir` / :func:`load_proposals`.
+
+Summary (``summary-<split>.json`` in the folder): over every image of the split that has valid
+proposals (after sharded runs, whatever the shards have done so far): proposals per image,
+seconds per image of the images computed in this run, and the recall of the non-difficult
+ground-truth boxes at IoU 0.5 and 0.7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sppdet.config import ProposeConfig
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import VocDataset
+from sppdet.errors import WorkdirError
+from sppdet.parallel import (Progress, default_workers, map_unordered, no_progress, parse_shard,
+                             select_shard)
+from sppdet.models.selective_search import check_config, proposal_recall, selective_search
+from sppdet.fileio import atomic_save_npy, atomic_write_json
+from sppdet.workdir.store import WorkDir
+
+STAGE = "propose"
+FOLDER_STAGE = "proposals"
+RECALL_THRESHOLDS = (0.5, 0.7)
+
+
+@dataclass
+class ProposeJob:
+    """A resolved ``propose`` run: the dataset, this shard's image ids, those still to compute,
+    and the cache folder."""
+
+    workdir: WorkDir
+    dataset: VocDataset
+    config: ProposeConfig
+    folder: Path
+    image_ids: list[str]
+    todo: list[str]
+
+
+@dataclass(frozen=True)
+class ProposeSummary:
+    """What a run found. Counts cover the split's images with valid proposals (``images`` of
+    ``images_in_split``); ``computed`` and ``seconds_per_image`` (None if nothing was computed)
+    cover this run; ``recall`` maps "0.5"/"0.7" to the recall of ``gt_boxes`` non-difficult boxes."""
+
+    split: str
+    folder: Path
+    images: int
+    images_in_split: int
+    computed: int
+    proposals_mean: float
+    proposals_min: int
+    proposals_max: int
+    seconds_per_image: float | None
+    wall_seconds: float
+    gt_boxes: int
+    recall: dict[str, float]
+
+
+def proposal_path(folder: str | os.PathLike, image_id: str) -> Path:
+    """The cache file of one image in a proposals folder."""
+    return Path(folder) / f"{image_id}.npy"
+
+
+def read_valid(path: str | os.PathLike) -> np.ndarray | None:
+    """The float32 ``[N, 4]`` boxes cached at ``path``, or None if the file is missing or is not
+    a finite float32 ``[N, 4]`` array with x1 < x2, y1 < y2."""
+    try:
+        boxes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.ndim != 2
+            or boxes.shape[1] != 4 or not np.isfinite(boxes).all()
+            or not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()):
+        return None
+    return boxes
+
+
+def prepare_propose(workdir: str | os.PathLike | WorkDir | None = None,
+                    config: ProposeConfig = ProposeConfig(), split: str = "trainval",
+                    data_root: str | os.PathLike | None = None, shard: str | None = None) -> ProposeJob:
+    """Resolve a ``propose`` run (nothing is computed): check the config, open the split (the
+    recorded dataset root unless ``data_root`` is given, which is then recorded), pick this shard's
+    images and find those without a valid cache file."""
+    check_config(config)
+    shard_index, shard_count = parse_shard(shard)
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    root = work.data_root(data_root)
+    dataset = VocDataset(root, split, classes=(), split_dir=work.split_dir(root))  # no class list needed
+    if data_root is not None:
+        work.set_data_root(root)
+    folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
+    image_ids = select_shard(dataset.image_ids, shard_index, shard_count)
+    todo = [i for i in image_ids if read_valid(proposal_path(folder, i)) is None]
+    return ProposeJob(work, dataset, config, folder, image_ids, todo)
+
+
+def _propose_image(task: tuple[str, str, str, ProposeConfig]) -> tuple[str, float]:
+    """Worker: search one image and cache its boxes; returns (image id, seconds)."""
+    image_id, image_file, out_file, config = task
+    start = time.perf_counter()
+    boxes = selective_search(load_bgr(image_file), config)
+    atomic_save_npy(out_file, boxes)
+    return image_id, time.perf_counter() - start
+
+
+def run_propose(job: ProposeJob, workers: int | None = None,
+                progress: Progress | None = None) -> ProposeSummary:
+    """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
+    cores), record the stage, and write and return the split's summary.
+
+    ``progress(1)`` is called after each computed image.
+    """
+    progress = progress or no_progress
+    start = time.perf_counter()
+    tasks = [(i, str(job.dataset.image_path(i)), str(proposal_path(job.folder, i)), job.config)
+             for i in job.todo]
+    seconds = []
+    for _, took in map_unordered(_propose_image, tasks, workers or default_workers()):
+        seconds.append(took)
+        progress(1)
+    job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
+                                     "data_root": str(job.dataset.root)})
+    summary = summarise(job, seconds, time.perf_counter() - start)
+    atomic_write_json(job.folder / f"summary-{job.dataset.split}.json", dataclasses.asdict(summary))
+    return summary
+
+
+def summarise(job: ProposeJob, seconds: list[float], wall_seconds: float) -> ProposeSummary:
+    """The summary of ``job``'s split over the images whose proposals are cached and valid."""
+    gt_list, proposal_list = [], []
+    for image_id in job.dataset.image_ids:
+        boxes = read_valid(proposal_path(job.folder, image_id))
+        if boxes is None:
+            continue
+        annotation = job.dataset.annotation(image_id)
+        gt_list.append(annotation.boxes[~annotation.difficult])
+        proposal_list.append(boxes)
+    counts = np.array([len(b) for b in proposal_list], dtype=np.int64)
+    recall = proposal_recall(gt_list, proposal_list, RECALL_THRESHOLDS)
+    return ProposeSummary(
+        split=job.dataset.split, folder=job.folder, images=len(counts),
+        images_in_split=len(job.dataset.image_ids), computed=len(seconds),
+        proposals_mean=float(counts.mean()) if len(counts) else 0.0,
+        proposals_min=int(counts.min()) if len(counts) else 0,
+        proposals_max=int(counts.max()) if len(counts) else 0,
+        seconds_per_image=float(np.mean(seconds)) if seconds else None,
+        wall_seconds=wall_seconds, gt_boxes=int(sum(len(g) for g in gt_list)),
+        recall={str(t): float(r) for t, r in zip(RECALL_THRESHOLDS, recall)})
+
+
+def proposals_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The proposals folder of the last ``sppdet propose`` in this work directory
+    (``WorkdirError`` if there is none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(STAGE)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no proposals; run sppdet propose first")
+    return folder
+
+
+def load_proposals(source: str | os.PathLike | WorkDir | None, image_id: str) -> np.ndarray:
+    """The cached proposals float32 ``[N, 4]`` (x1, y1, x2, y2) of ``image_id``.
+
+    ``source``: a proposals folder (``proposals-<hash>``), or a work directory (``WorkDir`` or
+    path) whose recorded proposals folder is used. ``WorkdirError`` if the file is missing
+    ("run sppdet propose first") or invalid.
+    """
+    if isinstance(source, WorkDir) or source is None or not (Path(source) / "stage.json").is_file():
+        folder = proposals_dir(source)
+    else:
+        folder = Path(source)
+    path = proposal_path(folder, image_id)
+    boxes = read_valid(path)
+    if boxes is None:
+        if not path.is_file():
+            raise WorkdirError(f"{path}: no proposals for image {image_id!r}; run sppdet propose first "
+                               "(with --split covering this image)")
+        raise WorkdirError(f"{path}: not a valid float32 [N, 4] proposals file; re-run sppdet "
+                           "propose (it recomputes invalid files)")
+    return boxes

@@ -1,0 +1,1 @@
+"""Plain data and the conventions every layer shares: boxes, training windows."""

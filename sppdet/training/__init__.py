@@ -1,0 +1,1 @@
+"""Training loops and choices: pretraining, fine-tuning, the splits, settings and selection on val."""

@@ -1,0 +1,1 @@
+"""Pictures of results: annotated images and precision-recall curves."""

@@ -1,0 +1,84 @@
+"""Typed views of what earlier stages recorded in a work directory's ``config.json``.
+
+A later stage takes its defaults from these records (the trunk that ``sppdet pretrain`` trained,
+the settings ``sppdet extract`` used, the choices ``sppdet train`` made on the validation split)
+instead of from its own hard-coded defaults, so a chain typed without flags stays consistent: the
+records are the one place that says which trunk, scales and views belong together.
+
+Every function here only reads; the stages write their records (``WorkDir.record_stage``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sppdet.workdir.store import WorkDir
+
+#: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
+TUNED_TRUNK_RECORD = "trunk"
+PRETRAIN_RECORD = "pretrain"
+EXTRACT_RECORD = "extract"
+SELECTION_RECORD = "selection"
+
+
+@dataclass(frozen=True)
+class TrunkRecord:
+    """A conv trunk sppdet trained in the work directory: ``weights`` (absolute path), its
+    backbone and width, the crop sides it was pretrained on, the split it learned from, and
+    which command made it (``"pretrain"`` or ``"finetune --train-conv"``)."""
+
+    weights: Path
+    backbone: str
+    width: float
+    crop_sizes: tuple[int, ...]
+    split: str | None
+    made_by: str
+
+
+def _stages(work: WorkDir) -> dict:
+    return work.config().get("stages", {})
+
+
+def trained_trunks(work: WorkDir) -> list[TrunkRecord]:
+    """The trunks sppdet trained in ``work``, newest first: the ``finetune --train-conv`` trunk if
+    it was fine-tuned from the current pretrained one, then the pretrained trunk (whether or not
+    their weights files still exist: the stages that load them say so)."""
+    stages = _stages(work)
+    pretrain, tuned = stages.get(PRETRAIN_RECORD, {}), stages.get(TUNED_TRUNK_RECORD, {})
+    sizes = tuple(int(s) for s in pretrain.get("config", {}).get("sizes", ()))
+    found = []
+    if tuned.get("weights") and tuned.get("after_pretrain") == pretrain.get("weights"):
+        found.append((tuned, "finetune --train-conv"))
+    if pretrain.get("weights"):
+        found.append((pretrain, "pretrain"))
+    records = []
+    for record, made_by in found:
+        path = work.root / record["weights"]  # an absolute recorded path stays as it is
+        records.append(TrunkRecord(weights=path, backbone=str(record.get("backbone", "zf5")),
+                                   width=float(record.get("width", 1.0)), crop_sizes=sizes,
+                                   split=pretrain.get("split"), made_by=made_by))
+    return records
+
+
+def trained_trunk(work: WorkDir) -> TrunkRecord | None:
+    """The newest trunk sppdet trained in ``work`` (:func:`trained_trunks`), or None."""
+    trunks = trained_trunks(work)
+    return trunks[0] if trunks else None
+
+
+def extract_record(work: WorkDir) -> dict | None:
+    """The last ``sppdet extract`` record (folder, config, geometry, weights source), or None."""
+    return _stages(work).get(EXTRACT_RECORD) or None
+
+
+def selection_record(work: WorkDir) -> dict | None:
+    """The choices ``sppdet train`` made on the validation split (``sppdet.training.selection``), or None."""
+    return _stages(work).get(SELECTION_RECORD) or None
+
+
+def recorded_views(work: WorkDir) -> tuple[str, ...]:
+    """The test-time views ``sppdet train`` chose on the validation split (empty if none or no
+    selection was made); ``eval`` and ``detect`` use them unless ``--tta`` is given."""
+    record = selection_record(work)
+    return tuple(record.get("chosen", {}).get("tta", ())) if record else ()
