@@ -62,7 +62,7 @@ import demo
 import report_text
 from cli.main import cli
 from sppdet.data.voc import VocDataset
-from sppdet.stages.propose import load_proposals, proposals_dir
+from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.models.selective_search import proposal_recall
 from sppdet.models.crops import CONTEXT, CROP_SIZE
 from sppdet.fileio import atomic_write_text

@@ -37,9 +37,9 @@ import numpy as np
 
 from sppdet.data.synth import image_id
 from sppdet.data.voc import write_split
-from sppdet.stages.extract import features_dir
+from sppdet.workdir.caches import features_dir
 from sppdet.models.features import load_feature_file
-from sppdet.stages.propose import proposals_dir
+from sppdet.workdir.caches import proposals_dir
 from sppdet.fileio import atomic_write_json
 from sppdet.workdir.store import WorkDir
 

@@ -12,7 +12,7 @@ from cli.common import (data_option, library_errors, method_option, progress_bar
                         split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
-from sppdet.models.detector import detect_split, require_trained
+from sppdet.workdir.trained import detect_split, require_trained
 from sppdet.evaluation.voc_ap import METRICS, EvalResult, evaluate, load_ground_truth
 from sppdet.vis.pr_curves import plot_results
 from sppdet.evaluation.results_io import read_detections, write_devkit_results, write_summary_json

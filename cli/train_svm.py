@@ -9,7 +9,8 @@ from cli.common import (data_option, library_errors, method_option, progress_bar
                         split_option, stdout_console, workdir_option)
 from sppdet.config import SvmConfig
 from sppdet.workdir.store import WorkDir
-from sppdet.stages.train_svm import LAYERS, run_train_svm
+from sppdet.stages.train_svm import run_train_svm
+from sppdet.models.svm import LAYERS
 from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = SvmConfig()

@@ -19,16 +19,17 @@ from sppdet.config import DetectConfig, FinetuneConfig, ProposeConfig, SvmConfig
 from sppdet.data.voc import write_split
 from sppdet.stages.detect import (DEFAULT_SCORE_THRESHOLD, ImageDetector, check_names, detect_files,
                                   expand_inputs)
-from sppdet.models.detector import Detector, detect_split
+from sppdet.workdir.trained import load_detector, detect_split
 from sppdet.structures.boxes import mirror_boxes
 from sppdet.ops.views import view_boxes
 from sppdet.models.features import compute_features
 from sppdet.ops.spp import pool_windows
 from sppdet.vis.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, WorkdirError
-from sppdet.stages.extract import (feature_path, features_dir, features_info, prepare_extract, rebuild_trunk,
-                                  run_extract)
-from sppdet.stages.finetune import finetuned_head, run_finetune
+from sppdet.stages.extract import prepare_extract, rebuild_trunk, run_extract
+from sppdet.workdir.caches import feature_path, features_dir, features_info
+from sppdet.stages.finetune import run_finetune
+from sppdet.workdir.trained import finetuned_head
 from sppdet.models.head import fc7_features
 from sppdet.stages.propose import prepare_propose, run_propose
 from sppdet.workdir.store import WorkDir
@@ -167,7 +168,7 @@ def test_pool5_plus_fc7_svms_read_both_parts_balanced(trained, tmp_path):
     run_train_svm(workdir, "trainval", SvmConfig(layer="pool5+fc7", seed=3))
     record = workdir.config()["stages"]["train-svm"]
     source = WindowSource(workdir, "trainval")
-    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim)
+    detector = load_detector(workdir, source.feature_hash, source.dim)
     detector_weight = detector.fc7_weight
     head, _ = finetuned_head(workdir, source.feature_hash, source.dim)
     rng, pool5_norms, fc7_norms = np.random.default_rng(3), [], []
@@ -250,7 +251,7 @@ def test_tta_detections_follow_the_image(trained, tmp_path):
     workdir = WorkDir(copy)
     run_extract(prepare_extract(copy, split="trainval", views=("hflip", "vflip"), **TINY))
     source = WindowSource(workdir, "trainval")
-    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim,
+    detector = load_detector(workdir, source.feature_hash, source.dim,
                                      DetectConfig(score_threshold=-5.0))
     image_id = source.image_ids[0]
     annotation = source.dataset.annotation(image_id)

@@ -14,10 +14,11 @@ from sppdet.models.backbones import build_backbone, load_trunk_weights
 from sppdet.config import FinetuneConfig, ProposeConfig
 from sppdet.data.voc import write_split
 from sppdet.errors import ConfigError
-from sppdet.stages.extract import (TRUNK_RECORD, features_dir, features_info, load_features,
-                                  prepare_extract, resolve_weights, run_extract)
+from sppdet.stages.extract import TRUNK_RECORD, prepare_extract, resolve_weights, run_extract
+from sppdet.workdir.caches import features_dir, features_info, load_features
 from sppdet.training.finetune_conv import TrainingImage, TrainableTrunk, pooled_windows, train_end_to_end
-from sppdet.stages.finetune import finetuned_head, run_finetune
+from sppdet.stages.finetune import run_finetune
+from sppdet.workdir.trained import finetuned_head
 from sppdet.models.head import FcHead, label_windows
 from sppdet.stages.propose import prepare_propose, run_propose
 from sppdet.ops.spp import choose_scales, pool_windows, pooled_dim

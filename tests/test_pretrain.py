@@ -21,9 +21,10 @@ from sppdet.errors import ConfigError, WorkdirError
 from sppdet.stages.extract import resolve_weights
 from sppdet.models.head import FcHead, load_head
 from sppdet.training.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
-                             new_classifier, pretrain_windows)
+                                      new_classifier, pretrain_windows)
 from sppdet.stages.pretrain import load_pretrained, prepare_pretrain, run_pretrain
-from sppdet.stages.propose import load_proposals, prepare_propose, proposal_path, run_propose
+from sppdet.stages.propose import prepare_propose, run_propose
+from sppdet.workdir.caches import load_proposals, proposal_path
 from sppdet.training.random_windows import MIN_SIDE, random_window_source, random_windows
 from sppdet.ops.spp import pooled_dim
 from sppdet.workdir.store import WorkDir

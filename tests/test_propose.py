@@ -15,8 +15,8 @@ from sppdet.config import ProposeConfig
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
 from sppdet.models.selective_search import proposal_recall, search_groups, selective_search
-from sppdet.stages.propose import (load_proposals, prepare_propose, proposal_path, proposals_dir,
-                                  run_propose)
+from sppdet.stages.propose import prepare_propose, run_propose
+from sppdet.workdir.caches import load_proposals, proposal_path, proposals_dir
 from sppdet.workdir.store import WorkDir
 
 WIDTH, HEIGHT = 200, 160

@@ -15,19 +15,20 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from sppdet.models.backbones import build_backbone
-from sppdet.stages.train_bbox import trained_regressors
+from sppdet.workdir.trained import load_detector, trained_regressors
 from sppdet.config import DetectConfig
 from sppdet.data.voc import write_split
 from sppdet.stages.detect import ImageDetector, detect_files
-from sppdet.models.detector import Detector, detect_split
+from sppdet.workdir.trained import detect_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.stages.finetune import finetuned_head
+from sppdet.workdir.trained import finetuned_head
 from sppdet.workdir.methods import stage_key
 from sppdet.models.crops import context_boxes, pool_maps, rcnn_pooled, warp_crops
-from sppdet.stages.extract_rcnn import box_rows, compute_rcnn_features, rcnn_features_dir, rcnn_info
+from sppdet.stages.extract_rcnn import compute_rcnn_features
+from sppdet.workdir.caches import box_rows, rcnn_features_dir, rcnn_info
 from sppdet.ops.spp import pooled_dim, spp_pool
 from sppdet.workdir.store import WorkDir
-from sppdet.stages.train_svm import trained_svms
+from sppdet.workdir.trained import trained_svms
 from sppdet.workdir.window_source import WindowSource
 from scenes import shape_scene, write_scene_dataset
 
@@ -262,9 +263,9 @@ def test_models_refuse_the_other_methods_features(chain):
         with pytest.raises(ModelError, match="trained on features"):
             trained_regressors(work, features.feature_hash, method)
         with pytest.raises(ModelError, match="re-run"):
-            Detector.from_workdir(work, features.feature_hash, features.dim, DetectConfig(), method)
+            load_detector(work, features.feature_hash, features.dim, DetectConfig(), method)
     for features in (spp, rcnn):  # and each accepts its own
-        Detector.from_workdir(work, features.feature_hash, features.dim, DetectConfig(), features.method)
+        load_detector(work, features.feature_hash, features.dim, DetectConfig(), features.method)
 
 
 def test_rcnn_pool_reads_cached_rows_and_refuses_other_boxes(chain):

@@ -12,7 +12,7 @@ from sklearn.svm import LinearSVC
 from sppdet.config import SvmConfig
 from sppdet.errors import ModelError
 from sppdet.models.head import FcHead, fc7_features
-from sppdet.stages.train_svm import svm_features
+from sppdet.models.svm import svm_features
 from sppdet.models.svm import (
     HardNegativeMiner,
     SvmModel,

@@ -134,7 +134,7 @@ def test_pooled_memo_gives_the_same_detections_and_svms(trained, tmp_path):
     import numpy as np
 
     from sppdet.config import DetectConfig, SvmConfig
-    from sppdet.models.detector import detect_split
+    from sppdet.workdir.trained import detect_split
     from sppdet.workdir.store import WorkDir
     from sppdet.models.svm import SvmModel
     from sppdet.stages.train_svm import train_svm_variants

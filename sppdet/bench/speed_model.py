@@ -18,12 +18,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from sppdet.workdir.trained import load_detector
 from sppdet.models.backbones import Backbone, build_backbone
 from sppdet.config import DetectConfig
 from sppdet.data import synth
 from sppdet.stages.extract import rebuild_trunk
-from sppdet.models.detector import Detector
-from sppdet.stages.extract import features_dir, features_info
+from sppdet.workdir.caches import features_dir, features_info
 from sppdet.models.head import FcHead
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.workdir.store import WorkDir
@@ -69,7 +69,7 @@ def trained_model(workdir: str | os.PathLike | WorkDir | None) -> SpeedModel | N
     folder = features_dir(work)
     info = features_info(folder)
     backbone = rebuild_trunk(work, folder, info)
-    detector = Detector.from_workdir(work, pooled_feature_hash(work.stage_hash(folder), LEVELS),
+    detector = load_detector(work, pooled_feature_hash(work.stage_hash(folder), LEVELS),
                                      pooled_dim(info.channels, LEVELS), DetectConfig(bbox_reg=False))
     svms = detector.svms
     return SpeedModel(backbone, detector.head, svms.weights, svms.biases, svms.feature_scale,

@@ -9,10 +9,8 @@ each remaining (window, class) pair is moved by that class's box regressor (when
 to the image, and per-class NMS at IoU 0.3 keeps at most ``top_k`` boxes per class. Everything is
 one matrix product per model and one batched NMS: no Python loop over windows or classes.
 
-:func:`detect_split` runs the detector over a split from the caches (``sppdet propose`` and
-``sppdet extract`` on that split first). ``method`` ("spp" or "rcnn", ``sppdet.workdir.methods``) picks
-the window features and the models trained on them; windows are pooled at the pyramid levels the
-SVMs were trained with (their ``train-svm`` record).
+The detector is built from models in memory; ``sppdet.workdir.trained`` loads the ones a work
+directory trained (``load_detector``) and runs them over a split from its caches (``detect_split``).
 """
 
 from __future__ import annotations
@@ -23,21 +21,12 @@ from typing import Sequence
 import numpy as np
 
 from sppdet.models.bbox_reg import BboxRegressor
-from sppdet.stages.train_bbox import trained_regressors
 from sppdet.structures.boxes import batched_nms, clip, decode_deltas
 from sppdet.config import DetectConfig
-from sppdet.errors import WorkdirError
-from sppdet.evaluation.voc_ap import Detections
-from sppdet.stages.finetune import finetuned_head
 from sppdet.models.head import FcHead
-from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
-from sppdet.parallel import Progress, no_progress
-from sppdet.workdir.store import WorkDir
 from sppdet.models.svm import SvmModel
-from sppdet.stages.train_svm import STAGE as SVM_STAGE
-from sppdet.stages.train_svm import svm_features, trained_svms
-from sppdet.ops.views import check_views, delta_signs
-from sppdet.workdir.window_source import WindowSource
+from sppdet.models.svm import svm_features
+from sppdet.ops.views import delta_signs
 
 
 @dataclass
@@ -49,23 +38,7 @@ class Detector:
     head: FcHead | None
     regressors: BboxRegressor | None
     config: DetectConfig = DetectConfig()
-    layer: str = "pool5"  # what the SVMs read (sppdet.stages.train_svm.svm_features): pool5, fc7 or pool5+fc7
-
-    @classmethod
-    def from_workdir(cls, workdir: WorkDir, feature_hash: str, in_dim: int,
-                     config: DetectConfig = DetectConfig(), method: str = DEFAULT_METHOD) -> "Detector":
-        """The models the work directory's last training stages with ``method`` recorded, each
-        checked against the pooled features ``feature_hash`` (``WindowSource.feature_hash``) of
-        dimension ``in_dim``."""
-        record = require_trained(workdir, method)
-        layer = record["layer"]
-        head, svm_hash = None, f"{feature_hash}:pool5"
-        if layer != "pool5":
-            head, head_id = finetuned_head(workdir, feature_hash, in_dim, method)
-            svm_hash = f"{feature_hash}:{layer}:{head_id}"
-        svms = trained_svms(workdir, svm_hash, method)
-        regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
-        return cls(svms.class_names, svms, head, regressors, config, layer)
+    layer: str = "pool5"  # what the SVMs read (sppdet.models.svm.svm_features): pool5, fc7 or pool5+fc7
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
         """SVM scores float32 [R, K] of pooled windows [R, D]."""
@@ -111,17 +84,6 @@ class Detector:
         return boxes[keep], kept_scores[keep], labels[keep]
 
 
-def require_trained(workdir: WorkDir, method: str = DEFAULT_METHOD) -> dict:
-    """The ``train-svm`` record of ``workdir`` for ``method``; ``WorkdirError`` saying which
-    stages to run if none."""
-    record = workdir.config().get("stages", {}).get(stage_key(SVM_STAGE, method))
-    if not record:
-        flag = "" if method == DEFAULT_METHOD else f" with --method {method}"
-        raise WorkdirError(f"{workdir.root}: no trained detector{flag}; run sppdet propose, extract, "
-                           f"finetune, train-svm and train-bbox{flag} first")
-    return record
-
-
 def _rank_within_label(labels: np.ndarray) -> np.ndarray:
     """For labels [N] listed in decreasing score, each row's 0-based rank among its own label."""
     order = np.argsort(labels, kind="stable")
@@ -133,22 +95,3 @@ def _rank_within_label(labels: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
-                 progress: Progress = no_progress, method: str = DEFAULT_METHOD,
-                 source: WindowSource | None = None) -> Detections:
-    """The detector trained with ``method`` run over every image of ``split`` from the caches;
-    ``source``: the split's windows when the caller keeps one (it must pool at the recorded levels)."""
-    levels = require_trained(workdir, method).get("levels")
-    if source is None or tuple(source.levels) != tuple(levels or source.levels):
-        source = WindowSource(workdir, split, data_root, levels=levels, method=method)
-    detector = Detector.from_workdir(workdir, source.feature_hash, source.dim, config, method)
-    names = check_views(config.tta)
-    per_image = {}
-    for image_id in source.image_ids:
-        windows = source.proposals(image_id)
-        annotation = source.dataset.annotation(image_id)
-        views = [(view, source.pool(image_id, windows, view)) for view in names]
-        per_image[image_id] = detector.detect(source.pool(image_id, windows), windows,
-                                              (annotation.height, annotation.width), views)
-        progress(1)
-    return Detections.from_images(per_image)

@@ -206,3 +206,8 @@ def load_feature_file(path: str | os.PathLike) -> FeatureFile:
         raise _invalid(path, "maps disagree on the channel count")
     return FeatureFile(maps=maps, scale_factors=scale_factors,
                        image_hw=np.array(members["image_hw"], dtype=np.int64).reshape(2))
+
+
+#: With a trunk from ``sppdet pretrain``, the default scale-choice target is this times its
+#: largest crop side (module docstring).
+TARGET_PER_CROP_SIDE = 1.5

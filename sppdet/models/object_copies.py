@@ -35,7 +35,6 @@ import torch
 from sppdet.models.backbones import Backbone
 from sppdet.errors import ConfigError
 from sppdet.models.features import resize_to_scale, trunk_precision
-from sppdet.training.pretrain import AUGMENTATIONS
 from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
 from sppdet.ops.views import transform_boxes, transform_image
 
@@ -50,7 +49,7 @@ PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
 def check_augmentations(augment: Sequence[str]) -> tuple[str, ...]:
-    """``augment`` as a sorted tuple of distinct names from ``sppdet.training.pretrain.AUGMENTATIONS``;
+    """``augment`` as a sorted tuple of distinct names from ``sppdet.models.object_copies.AUGMENTATIONS``;
     ``ConfigError`` naming the unknown ones otherwise."""
     names = tuple(sorted(set(augment)))
     unknown = [name for name in names if name not in AUGMENTATIONS]
@@ -163,3 +162,6 @@ def _pool_copies(trunk, backbone: Backbone, copies: list[np.ndarray], windows: n
                 cells = project_boxes(windows[i:i + 1], backbone.stride, backbone.offset, maps.shape[2:])
                 pooled[i] = spp_pool(maps[row], cells, levels).cpu().numpy()[0]
     return pooled
+
+
+AUGMENTATIONS = ("flip", "rot90", "channels")

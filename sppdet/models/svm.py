@@ -47,6 +47,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
+from sppdet.models.head import fc7_features
 from sppdet.structures.boxes import nms
 from sppdet.config import SvmConfig
 from sppdet.errors import ModelError
@@ -86,7 +87,6 @@ def fit_linear_svm(pos, neg, config: SvmConfig) -> tuple[np.ndarray, float, bool
         warnings.simplefilter("ignore", ConvergenceWarning)
         svc.fit(x, y)
     return svc.coef_[0].astype(np.float32), float(svc.intercept_[0]), bool(svc.n_iter_ < config.max_iter)
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,3 +259,15 @@ def finish_svms(miner: HardNegativeMiner, class_names: Sequence[str], config: Sv
     model = SvmModel(miner.weights.copy(), miner.biases.copy(), float(miner.feature_scale),
                      tuple(class_names), metadata)
     return model, reports
+
+
+LAYERS = ("fc7", "pool5", "pool5+fc7")
+
+
+def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:
+    """The vectors the SVMs of ``layer`` read, float32 ``[R, F]``, from pooled ``[R, D]``: pool5
+    itself, fc7 of ``head`` ``[R, H7]``, or for "pool5+fc7" ``[pool5, fc7_weight * fc7]``."""
+    if layer == "pool5":
+        return pooled
+    fc7 = fc7_features(head, pooled)
+    return fc7 if layer == "fc7" else np.concatenate([pooled, np.float32(fc7_weight) * fc7], axis=1)

@@ -57,7 +57,7 @@ import numpy as np
 from sppdet.models.backbones import resolve_device
 from sppdet.config import DetectConfig, ProposeConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
-from sppdet.models.detector import Detector, require_trained
+from sppdet.workdir.trained import load_detector, require_trained
 from sppdet.vis.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
@@ -67,7 +67,7 @@ from sppdet.models.features import compute_features, load_feature_file, save_fea
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.stages.propose import STAGE as PROPOSE_STAGE
-from sppdet.stages.propose import read_valid
+from sppdet.workdir.caches import read_valid
 from sppdet.models.selective_search import selective_search
 from sppdet.stages.extract_rcnn import cached_rcnn_features
 from sppdet.evaluation.results_io import write_coco_json
@@ -222,7 +222,7 @@ class ImageDetector:
         features_hash = work.stage_hash(self.features_folder)
         self.levels = levels
         self.dim = pooled_dim(self.info.channels, levels)
-        self.detector = Detector.from_workdir(
+        self.detector = load_detector(
             work, pooled_feature_hash(features_hash, levels, method), self.dim, config, method)
         self.classes = self.detector.classes
         self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},

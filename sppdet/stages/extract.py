@@ -48,41 +48,30 @@ from typing import Sequence
 
 import torch
 
+from sppdet.workdir.caches import INFO_FILE, FeaturesInfo, feature_path, features_info
+from sppdet.models.features import TARGET_PER_CROP_SIDE
 from sppdet.models.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import ExtractConfig
 from sppdet.data.fit import fit_scales, object_sizes
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.models.features import (AUTO_PRECISION, FeatureFile, auto_precision, check_precision, compute_features,
+from sppdet.models.features import (AUTO_PRECISION, auto_precision, check_precision, compute_features,
                               load_feature_file, save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.records import TUNED_TRUNK_RECORD, extract_record, trained_trunk, trained_trunks
 from sppdet.ops.spp import TARGET
-from sppdet.fileio import atomic_write_json, read_json
+from sppdet.fileio import atomic_write_json
+from sppdet.workdir.records import EXTRACT_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.ops.views import check_views, view_image
 
-STAGE = "extract"
+STAGE = EXTRACT_RECORD
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
 TRUNK_RECORD = TUNED_TRUNK_RECORD
 DEFAULT_BACKBONE = "zf5"
 DEFAULT_WIDTH = 1.0
 FOLDER_STAGE = "features"
-#: With a trunk from ``sppdet pretrain``, the default scale-choice target is this times its
-#: largest crop side (module docstring).
-TARGET_PER_CROP_SIDE = 1.5
-INFO_FILE = "features.json"
-
-
-@dataclass(frozen=True)
-class FeaturesInfo:
-    """What a features folder holds: its config and the trunk's geometry (``sppdet.models.backbones``)."""
-
-    config: ExtractConfig
-    stride: int
-    offset: float
-    channels: int
 
 
 @dataclass
@@ -249,7 +238,7 @@ def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -
 def rebuild_trunk(workdir: WorkDir, folder: Path, info,
                   stage: str = STAGE) -> Backbone:
     """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
-    ``sppdet.stages.extract_rcnn.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
+    ``sppdet.workdir.caches.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
     the ``stage`` record (:func:`feature_trunk` checks it)."""
     record = workdir.config().get("stages", {}).get(stage) or {}
     source = record.get("weights_source") if record.get("folder") == folder.name else None
@@ -313,11 +302,6 @@ def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, we
                            device, data_root, target=config.target, views=views, precision=config.precision)
 
 
-def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:
-    """The cache file of one image (or of its ``view``, ``sppdet.ops.views``) in a features folder."""
-    return (Path(folder) / view if view else Path(folder)) / f"{image_id}.npz"
-
-
 def _is_cached(path: Path, job: ExtractJob) -> bool:
     if not path.is_file():
         return False
@@ -365,37 +349,3 @@ def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSum
         weights=job.backbone.weights_source, device=str(job.device))
 
 
-def features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
-    """The features folder of the last ``sppdet extract`` in this work directory
-    (``WorkdirError`` if there is none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(STAGE)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no conv features; run sppdet extract first")
-    return folder
-
-
-def features_info(folder: str | os.PathLike) -> FeaturesInfo:
-    """The config and geometry (stride, offset, channels) of a features folder."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise WorkdirError(f"{path}: not found; run sppdet extract first")
-    data = read_json(path)
-    config = dict(data["config"], scales=tuple(data["config"]["scales"]))
-    return FeaturesInfo(config=ExtractConfig(**config), stride=int(data["stride"]),
-                        offset=float(data["offset"]), channels=int(data["channels"]))
-
-
-def load_features(folder: str | os.PathLike, image_id: str, view: str | None = None) -> FeatureFile:
-    """The cached maps of ``image_id`` (memory-mapped float16 ``[C, H_s, W_s]`` per scale, plus
-    scale factors ``[S]``), or of its ``view``; ``WorkdirError`` saying which ``sppdet extract``
-    to run if it is missing."""
-    path = feature_path(Path(folder), image_id, view)
-    if not path.is_file():
-        if view:
-            raise WorkdirError(f"{path}: no {view} features for image {image_id!r}; run sppdet "
-                               f"extract --tta {view} (with --split covering this image)")
-        raise WorkdirError(f"{path}: no features for image {image_id!r}; run sppdet extract first "
-                           "(with --split covering this image)")
-    return load_feature_file(path)

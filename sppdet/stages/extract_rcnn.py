@@ -34,41 +34,23 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from sppdet.workdir.caches import INFO_FILE, RCNN_RECORD, RcnnInfo, rcnn_cache_paths, read_cached
 from sppdet.models.backbones import Backbone, build_backbone, resolve_device
-from sppdet.structures.boxes import as_boxes
 from sppdet.config import RcnnConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
-from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.errors import ConfigError, ModelError
 from sppdet.stages.extract import DEFAULT_BACKBONE, DEFAULT_WIDTH, ExtractSummary, resolve_weights
-from sppdet.workdir.methods import stage_key
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
-from sppdet.stages.propose import load_proposals, proposals_dir
+from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.models.crops import check_crop, rcnn_pooled
 from sppdet.workdir.records import trained_trunk
 from sppdet.ops.spp import LEVELS, pooled_dim
-from sppdet.fileio import atomic_save_npy, atomic_write_json, read_json
+from sppdet.fileio import atomic_save_npy, atomic_write_json
 from sppdet.workdir.store import WorkDir
 
-STAGE = stage_key("extract", "rcnn")
+STAGE = RCNN_RECORD
 FOLDER_STAGE = "rcnn-features"
-INFO_FILE = "features.json"
-
-
-@dataclass(frozen=True)
-class RcnnInfo:
-    """What an R-CNN features folder holds: its config and the trunk's geometry and channels
-    (the fields ``sppdet.stages.detect.rebuild_trunk`` checks, as ``FeaturesInfo``)."""
-
-    config: RcnnConfig
-    stride: int
-    offset: float
-    channels: int
-
-    @property
-    def dim(self) -> int:
-        """D, the length of one pooled window."""
-        return pooled_dim(self.channels, self.config.levels)
 
 
 @dataclass
@@ -169,25 +151,6 @@ def cached_rcnn_features(path: str | os.PathLike, backbone: Backbone, bgr: np.nd
     return pooled.astype(np.float32), True
 
 
-def _paths(folder: Path, image_id: str) -> tuple[Path, Path]:
-    return Path(folder) / f"{image_id}.boxes.npy", Path(folder) / f"{image_id}.pooled.npy"
-
-
-def read_cached(folder: str | os.PathLike, image_id: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(boxes float32 [N, 4], pooled float16 [N, D] memory-mapped) of one image, or None when
-    either file is missing, malformed or they disagree."""
-    boxes_path, pooled_path = _paths(Path(folder), image_id)
-    try:
-        boxes = np.load(boxes_path, allow_pickle=False)
-        pooled = np.load(pooled_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if (boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4
-            or pooled.dtype != np.float16 or pooled.shape != (len(boxes), dim)):
-        return None
-    return boxes, pooled
-
-
 def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSummary:
     """Warp, run and pool the ground-truth boxes and proposals of every image of ``job`` not
     cached yet. ``progress(1)`` after each image (cached ones included); records the stage."""
@@ -205,7 +168,7 @@ def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSumm
                                                job.batch, job.device)
             except ModelError as exc:
                 raise ModelError(f"{image_file}: {exc}") from None
-            boxes_path, pooled_path = _paths(job.folder, image_id)
+            boxes_path, pooled_path = rcnn_cache_paths(job.folder, image_id)
             atomic_save_npy(pooled_path, pooled)
             atomic_save_npy(boxes_path, boxes)
             computed += 1
@@ -222,57 +185,3 @@ def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSumm
         weights=job.backbone.weights_source, device=str(job.device), windows=windows)
 
 
-def rcnn_features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
-    """The folder of the last ``sppdet extract --method rcnn`` (``WorkdirError`` if none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(STAGE)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no R-CNN window features; run sppdet extract --method rcnn first")
-    return folder
-
-
-def rcnn_info(folder: str | os.PathLike) -> RcnnInfo:
-    """The config and trunk geometry of an R-CNN features folder."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise WorkdirError(f"{path}: not found; run sppdet extract --method rcnn first")
-    data = read_json(path)
-    config = dict(data["config"], levels=tuple(data["config"]["levels"]))
-    return RcnnInfo(config=RcnnConfig(**config), stride=int(data["stride"]),
-                    offset=float(data["offset"]), channels=int(data["channels"]))
-
-
-def _keys(boxes: np.ndarray) -> np.ndarray:
-    """One 16-byte key per float32 box [N, 4] (+0.0 turns -0.0 into 0.0, so equal boxes match)."""
-    return np.ascontiguousarray(boxes + np.float32(0)).view(np.dtype((np.void, 16))).reshape(-1)
-
-
-def box_rows(cached: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """int64 [R]: the first row of ``cached`` [N, 4] equal to each box of ``wanted`` [R, 4]
-    (exact float32 coordinates), or -1 where there is none. One sort, no loop over boxes."""
-    cached, wanted = as_boxes(cached), as_boxes(wanted)
-    _, first, inverse = np.unique(_keys(np.concatenate([cached, wanted])), return_index=True,
-                                  return_inverse=True)
-    rows = first[inverse.reshape(-1)[len(cached):]].astype(np.int64)
-    rows[rows >= len(cached)] = -1
-    return rows
-
-
-def lookup_pooled(folder: str | os.PathLike, image_id: str, boxes, dim: int) -> np.ndarray:
-    """The cached R-CNN vectors float32 [R, D] of ``boxes`` float32 [R, 4] of ``image_id``.
-
-    ``WorkdirError`` if the image is not cached ("run sppdet extract --method rcnn") or if a box
-    is neither one of its ground-truth boxes nor one of its cached proposals.
-    """
-    cached = read_cached(folder, image_id, dim)
-    if cached is None:
-        raise WorkdirError(f"{_paths(Path(folder), image_id)[1]}: no valid R-CNN features for image "
-                           f"{image_id!r}; run sppdet extract --method rcnn (with --split covering it)")
-    rows = box_rows(cached[0], boxes)
-    missing = int((rows < 0).sum())
-    if missing:
-        raise WorkdirError(f"{folder}: {missing} of {len(rows)} windows of image {image_id!r} are not "
-                           "cached; --method rcnn has features only for ground-truth boxes and "
-                           "proposals (re-run sppdet extract --method rcnn after sppdet propose)")
-    return np.asarray(cached[1][rows], dtype=np.float32)

@@ -44,18 +44,20 @@ import torch
 from sppdet.models.backbones import resolve_device
 from sppdet.config import FinetuneConfig
 from sppdet.data.images import load_bgr
-from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.stages.extract import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, feature_trunk, features_dir,
-                                  features_info, prepare_extract_like, run_extract)
+from sppdet.errors import ConfigError, WorkdirError
+from sppdet.stages.extract import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, feature_trunk,
+                                   prepare_extract_like, run_extract)
+from sppdet.workdir.caches import features_dir, features_info
 from sppdet.training.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.models.head import FcHead, iterate_minibatches, load_head, save_head, train_head
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_path, file_hash
+from sppdet.workdir.records import FINETUNE_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.window_source import WindowSource, pooled_feature_hash
 
-STAGE = "finetune"
+STAGE = FINETUNE_RECORD
 HEAD_FILE = "head.pt"
 TRUNK_FILE = "trunk.pt"
 
@@ -220,19 +222,3 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
                            trunk_path if job else None, job.folder if job else None, computed)
 
 
-def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int,
-                   method: str = DEFAULT_METHOD) -> tuple[FcHead, str]:
-    """The head recorded by the last ``finetune`` with ``method`` and its file hash;
-    ``WorkdirError`` if there is none, ``ModelError`` if it was trained on other features than
-    ``feature_hash``."""
-    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
-    if not record or not (workdir.root / record["head"]).is_file():
-        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
-        raise WorkdirError(f"{workdir.root}: no fine-tuned fc head; run sppdet finetune{flag} first "
-                           "(or use --layer pool5)")
-    path = workdir.root / record["head"]
-    head, meta = load_head(path, expected_in_dim=in_dim)
-    if meta.get("feature_hash") != feature_hash:
-        raise ModelError(f"{path}: trained on features {meta.get('feature_hash')}, these are "
-                         f"{feature_hash}; re-run `sppdet finetune`")
-    return head, file_hash(path)

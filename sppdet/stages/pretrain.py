@@ -31,8 +31,8 @@ from sppdet.errors import WorkdirError
 from sppdet.models.head import load_head, save_head
 from sppdet.parallel import Progress, no_progress
 from sppdet.training.pretrain import (CropClassifier, EpochStats, check_config, new_classifier, seconds_per_epoch,
-                             train_classifier)
-from sppdet.stages.propose import load_proposals, proposals_dir
+                                      train_classifier)
+from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.training.random_windows import random_window_source
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_path, atomic_write_json, read_json, to_jsonable

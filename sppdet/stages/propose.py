@@ -31,17 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
+from sppdet.workdir.caches import proposal_path, read_valid
 from sppdet.config import ProposeConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
-from sppdet.errors import WorkdirError
 from sppdet.parallel import (Progress, default_workers, map_unordered, no_progress, parse_shard,
                              select_shard)
 from sppdet.models.selective_search import check_config, proposal_recall, selective_search
 from sppdet.fileio import atomic_save_npy, atomic_write_json
+from sppdet.workdir.records import PROPOSE_RECORD
 from sppdet.workdir.store import WorkDir
 
-STAGE = "propose"
+STAGE = PROPOSE_RECORD
 FOLDER_STAGE = "proposals"
 RECALL_THRESHOLDS = (0.5, 0.7)
 
@@ -77,25 +78,6 @@ class ProposeSummary:
     wall_seconds: float
     gt_boxes: int
     recall: dict[str, float]
-
-
-def proposal_path(folder: str | os.PathLike, image_id: str) -> Path:
-    """The cache file of one image in a proposals folder."""
-    return Path(folder) / f"{image_id}.npy"
-
-
-def read_valid(path: str | os.PathLike) -> np.ndarray | None:
-    """The float32 ``[N, 4]`` boxes cached at ``path``, or None if the file is missing or is not
-    a finite float32 ``[N, 4]`` array with x1 < x2, y1 < y2."""
-    try:
-        boxes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if (not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.ndim != 2
-            or boxes.shape[1] != 4 or not np.isfinite(boxes).all()
-            or not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()):
-        return None
-    return boxes
 
 
 def prepare_propose(workdir: str | os.PathLike | WorkDir | None = None,
@@ -171,34 +153,3 @@ def summarise(job: ProposeJob, seconds: list[float], wall_seconds: float) -> Pro
         recall={str(t): float(r) for t, r in zip(RECALL_THRESHOLDS, recall)})
 
 
-def proposals_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
-    """The proposals folder of the last ``sppdet propose`` in this work directory
-    (``WorkdirError`` if there is none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(STAGE)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no proposals; run sppdet propose first")
-    return folder
-
-
-def load_proposals(source: str | os.PathLike | WorkDir | None, image_id: str) -> np.ndarray:
-    """The cached proposals float32 ``[N, 4]`` (x1, y1, x2, y2) of ``image_id``.
-
-    ``source``: a proposals folder (``proposals-<hash>``), or a work directory (``WorkDir`` or
-    path) whose recorded proposals folder is used. ``WorkdirError`` if the file is missing
-    ("run sppdet propose first") or invalid.
-    """
-    if isinstance(source, WorkDir) or source is None or not (Path(source) / "stage.json").is_file():
-        folder = proposals_dir(source)
-    else:
-        folder = Path(source)
-    path = proposal_path(folder, image_id)
-    boxes = read_valid(path)
-    if boxes is None:
-        if not path.is_file():
-            raise WorkdirError(f"{path}: no proposals for image {image_id!r}; run sppdet propose first "
-                               "(with --split covering this image)")
-        raise WorkdirError(f"{path}: not a valid float32 [N, 4] proposals file; re-run sppdet "
-                           "propose (it recomputes invalid files)")
-    return boxes

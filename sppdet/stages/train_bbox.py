@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sppdet.models.bbox_reg import BboxClassReport, BboxRegressor, train_bbox_regressors
+from sppdet.models.bbox_reg import BboxClassReport, train_bbox_regressors
 from sppdet.structures.boxes import iou_matrix
 from sppdet.config import BboxRegConfig
-from sppdet.errors import WorkdirError
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
+from sppdet.workdir.records import BBOX_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 
-STAGE = "train-bbox"
+STAGE = BBOX_RECORD
 MODEL_FILE = "bbox.npz"
 
 
@@ -70,14 +70,3 @@ def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegCon
     return BboxSummary(folder, bool(reports), reports, time.perf_counter() - start)
 
 
-def trained_regressors(workdir: WorkDir, feature_hash: str,
-                       method: str = DEFAULT_METHOD) -> BboxRegressor | None:
-    """The regressors of the last ``train-bbox`` with ``method`` checked against ``feature_hash``,
-    or None if it never ran (detection then uses the unrefined boxes)."""
-    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
-    if not record:
-        return None
-    path = workdir.root / record["model"]
-    if not path.is_file():
-        raise WorkdirError(f"{path}: recorded by train-bbox but missing; re-run sppdet train-bbox")
-    return BboxRegressor.load(path, feature_hash=f"{feature_hash}:pool5")

@@ -48,24 +48,25 @@ from pathlib import Path
 
 import numpy as np
 
+from sppdet.models.svm import LAYERS, svm_features
 from sppdet.models.object_copies import augmented_windows, check_augmentations
 from sppdet.config import SvmConfig
 from sppdet.data.images import load_bgr
-from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.errors import ConfigError, ModelError
 from sppdet.stages.extract import rebuild_trunk
-from sppdet.stages.finetune import finetuned_head
+from sppdet.workdir.trained import finetuned_head
 from sppdet.models.head import fc7_features
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_save_npz
+from sppdet.workdir.records import SVM_RECORD
 from sppdet.workdir.store import WorkDir
-from sppdet.models.svm import HardNegativeMiner, SvmClassReport, SvmModel, finish_svms
+from sppdet.models.svm import HardNegativeMiner, SvmClassReport, finish_svms
 from sppdet.workdir.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 from sppdet.structures.image_windows import collect_positives, extra_positive_boxes, make_image_windows
 
-STAGE = "train-svm"
+STAGE = SVM_RECORD
 MODEL_FILE = "svm.npz"
-LAYERS = ("fc7", "pool5", "pool5+fc7")
 #: Windows whose vector norms balance the two parts of "pool5+fc7" (as R-CNN measures its scale).
 BALANCE_IMAGES, BALANCE_WINDOWS = 50, 200
 
@@ -79,15 +80,6 @@ class SvmSummary:
     reports: list[SvmClassReport]
     seconds: float
     feature_hash: str = ""  # what the SVMs read (features, layer and head), checked when loaded
-
-
-def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:
-    """The vectors the SVMs of ``layer`` read, float32 ``[R, F]``, from pooled ``[R, D]``: pool5
-    itself, fc7 of ``head`` ``[R, H7]``, or for "pool5+fc7" ``[pool5, fc7_weight * fc7]``."""
-    if layer == "pool5":
-        return pooled
-    fc7 = fc7_features(head, pooled)
-    return fc7 if layer == "fc7" else np.concatenate([pooled, np.float32(fc7_weight) * fc7], axis=1)
 
 
 def _balance_weight(source: WindowSource, head, seed: int) -> float:
@@ -264,10 +256,3 @@ def _positive_windows(source: WindowSource, image_id: str, index: int, transform
                               config.use_difficult)
 
 
-def trained_svms(workdir: WorkDir, feature_hash: str, method: str = DEFAULT_METHOD) -> SvmModel:
-    """The SVMs of the last ``train-svm`` with ``method``, checked against ``feature_hash``."""
-    record = workdir.config().get("stages", {}).get(stage_key(STAGE, method))
-    if not record:
-        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
-        raise WorkdirError(f"{workdir.root}: no trained SVMs; run sppdet train-svm{flag} first")
-    return SvmModel.load(workdir.root / record["model"], feature_hash=feature_hash)

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sppdet.models.object_copies import AUGMENTATIONS
 from sppdet.models.backbones import Backbone, WithinChannelLRN, build_backbone
 from sppdet.structures.boxes import iou_matrix
 from sppdet.config import PretrainConfig
@@ -75,7 +76,6 @@ from sppdet.ops.spp import LEVELS, pooled_dim
 MAX_WARMUP_STEPS = 100
 #: zf5 trains on (BGR - 128) / PIXEL_STD, about unit variance (see CropClassifier).
 PIXEL_STD = 64.0
-AUGMENTATIONS = ("flip", "rot90", "channels")
 WINDOW_SOURCES = ("proposals", "random")
 
 ProposalSource = Callable[[str], np.ndarray]  # image id -> proposals float32 [N, 4]

@@ -41,10 +41,10 @@ from sppdet.config import BboxRegConfig, FinetuneConfig, PretrainConfig, Propose
 from sppdet.data.voc import VocDataset
 from sppdet.data.fit import fit_pretrain_epochs, fit_proposals, fit_scales, object_sizes
 from sppdet.errors import ConfigError
-from sppdet.stages.extract import TARGET_PER_CROP_SIDE
+from sppdet.models.features import TARGET_PER_CROP_SIDE
 from sppdet.models.features import AUTO_PRECISION, PRECISIONS
 from sppdet.training.splits import VAL_FRACTION, TrainingSplits
-from sppdet.stages.train_svm import LAYERS
+from sppdet.models.svm import LAYERS
 from sppdet.ops.views import check_views
 
 #: Defaults of ``sppdet train`` that differ from the single stages' (which keep the paper's):
@@ -54,7 +54,7 @@ TRAIN_DEFAULTS = {
     "pretrain": {"windows": "random", "parts_per_object": 8},
     "train-svm": {"layer": "pool5+fc7", "C": 0.01},
 }
-#: Candidates tried on the validation split unless the file names others (``sppdet.training.selection``).
+#: Candidates tried on the validation split unless the file names others (``sppdet.stages.train_selection``).
 LAYER_CANDIDATES = ("pool5+fc7", "pool5")
 C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
 #: fc7's weight beside pool5 (layer "pool5+fc7"), relative to equal mean norms.

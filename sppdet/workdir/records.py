@@ -18,7 +18,11 @@ from sppdet.workdir.store import WorkDir
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
 TUNED_TRUNK_RECORD = "trunk"
 PRETRAIN_RECORD = "pretrain"
+PROPOSE_RECORD = "propose"
 EXTRACT_RECORD = "extract"
+FINETUNE_RECORD = "finetune"
+SVM_RECORD = "train-svm"
+BBOX_RECORD = "train-bbox"
 SELECTION_RECORD = "selection"
 
 
@@ -73,7 +77,7 @@ def extract_record(work: WorkDir) -> dict | None:
 
 
 def selection_record(work: WorkDir) -> dict | None:
-    """The choices ``sppdet train`` made on the validation split (``sppdet.training.selection``), or None."""
+    """The choices ``sppdet train`` made on the validation split (``sppdet.stages.train_selection``), or None."""
     return _stages(work).get(SELECTION_RECORD) or None
 
 

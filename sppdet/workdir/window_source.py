@@ -22,10 +22,10 @@ import numpy as np
 
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
-from sppdet.stages.extract import features_dir, features_info, load_features
+from sppdet.workdir.caches import features_dir, features_info, load_features
 from sppdet.workdir.methods import DEFAULT_METHOD, check_method
-from sppdet.stages.propose import load_proposals, proposals_dir
-from sppdet.stages.extract_rcnn import lookup_pooled, rcnn_features_dir, rcnn_info
+from sppdet.workdir.caches import load_proposals, proposals_dir
+from sppdet.workdir.caches import lookup_pooled, rcnn_features_dir, rcnn_info
 from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.workdir.store import WorkDir
 from sppdet.ops.views import view_boxes

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from sppdet.config import DetectConfig, SvmConfig
 from sppdet.data.voc import discover_classes
-from sppdet.models.detector import detect_split
+from sppdet.workdir.trained import detect_split
 from sppdet.evaluation.voc_ap import evaluate, load_ground_truth
 from sppdet.parallel import ProgressFactory
 from sppdet.fileio import atomic_write_json, read_json

@@ -1,0 +1,224 @@
+"""Where each stage's cached files live in a work directory, and how they are read back.
+
+The stages write these caches (``sppdet.stages.propose``, ``extract``, ``extract_rcnn``); every
+reader (the window source, the detector, the stages that follow) finds them through here, so no
+reader imports the stage that wrote them. A missing or invalid file is a ``WorkdirError`` naming
+the command that makes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sppdet.config import ExtractConfig, RcnnConfig
+from sppdet.errors import WorkdirError
+from sppdet.fileio import read_json
+from sppdet.models.features import FeatureFile, load_feature_file
+from sppdet.ops.spp import pooled_dim
+from sppdet.structures.boxes import as_boxes
+from sppdet.workdir.methods import stage_key
+from sppdet.workdir.records import EXTRACT_RECORD, PROPOSE_RECORD
+from sppdet.workdir.store import WorkDir
+
+#: The file beside the cached features that holds their config and the trunk's geometry.
+INFO_FILE = "features.json"
+RCNN_RECORD = stage_key(EXTRACT_RECORD, "rcnn")
+
+
+def proposal_path(folder: str | os.PathLike, image_id: str) -> Path:
+    """The cache file of one image in a proposals folder."""
+    return Path(folder) / f"{image_id}.npy"
+
+
+def read_valid(path: str | os.PathLike) -> np.ndarray | None:
+    """The float32 ``[N, 4]`` boxes cached at ``path``, or None if the file is missing or is not
+    a finite float32 ``[N, 4]`` array with x1 < x2, y1 < y2."""
+    try:
+        boxes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (not isinstance(boxes, np.ndarray) or boxes.dtype != np.float32 or boxes.ndim != 2
+            or boxes.shape[1] != 4 or not np.isfinite(boxes).all()
+            or not ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()):
+        return None
+    return boxes
+
+
+def proposals_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The proposals folder of the last ``sppdet propose`` in this work directory
+    (``WorkdirError`` if there is none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(PROPOSE_RECORD)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no proposals; run sppdet propose first")
+    return folder
+
+
+def load_proposals(source: str | os.PathLike | WorkDir | None, image_id: str) -> np.ndarray:
+    """The cached proposals float32 ``[N, 4]`` (x1, y1, x2, y2) of ``image_id``.
+
+    ``source``: a proposals folder (``proposals-<hash>``), or a work directory (``WorkDir`` or
+    path) whose recorded proposals folder is used. ``WorkdirError`` if the file is missing
+    ("run sppdet propose first") or invalid.
+    """
+    if isinstance(source, WorkDir) or source is None or not (Path(source) / "stage.json").is_file():
+        folder = proposals_dir(source)
+    else:
+        folder = Path(source)
+    path = proposal_path(folder, image_id)
+    boxes = read_valid(path)
+    if boxes is None:
+        if not path.is_file():
+            raise WorkdirError(f"{path}: no proposals for image {image_id!r}; run sppdet propose first "
+                               "(with --split covering this image)")
+        raise WorkdirError(f"{path}: not a valid float32 [N, 4] proposals file; re-run sppdet "
+                           "propose (it recomputes invalid files)")
+    return boxes
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    """What a features folder holds: its config and the trunk's geometry (``sppdet.models.backbones``)."""
+
+    config: ExtractConfig
+    stride: int
+    offset: float
+    channels: int
+
+
+def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:
+    """The cache file of one image (or of its ``view``, ``sppdet.ops.views``) in a features folder."""
+    return (Path(folder) / view if view else Path(folder)) / f"{image_id}.npz"
+
+
+def features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The features folder of the last ``sppdet extract`` in this work directory
+    (``WorkdirError`` if there is none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(EXTRACT_RECORD)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no conv features; run sppdet extract first")
+    return folder
+
+
+def features_info(folder: str | os.PathLike) -> FeaturesInfo:
+    """The config and geometry (stride, offset, channels) of a features folder."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; run sppdet extract first")
+    data = read_json(path)
+    config = dict(data["config"], scales=tuple(data["config"]["scales"]))
+    return FeaturesInfo(config=ExtractConfig(**config), stride=int(data["stride"]),
+                        offset=float(data["offset"]), channels=int(data["channels"]))
+
+
+def load_features(folder: str | os.PathLike, image_id: str, view: str | None = None) -> FeatureFile:
+    """The cached maps of ``image_id`` (memory-mapped float16 ``[C, H_s, W_s]`` per scale, plus
+    scale factors ``[S]``), or of its ``view``; ``WorkdirError`` saying which ``sppdet extract``
+    to run if it is missing."""
+    path = feature_path(Path(folder), image_id, view)
+    if not path.is_file():
+        if view:
+            raise WorkdirError(f"{path}: no {view} features for image {image_id!r}; run sppdet "
+                               f"extract --tta {view} (with --split covering this image)")
+        raise WorkdirError(f"{path}: no features for image {image_id!r}; run sppdet extract first "
+                           "(with --split covering this image)")
+    return load_feature_file(path)
+
+
+@dataclass(frozen=True)
+class RcnnInfo:
+    """What an R-CNN features folder holds: its config and the trunk's geometry and channels
+    (the fields ``sppdet.stages.detect.rebuild_trunk`` checks, as ``FeaturesInfo``)."""
+
+    config: RcnnConfig
+    stride: int
+    offset: float
+    channels: int
+
+    @property
+    def dim(self) -> int:
+        """D, the length of one pooled window."""
+        return pooled_dim(self.channels, self.config.levels)
+
+
+def rcnn_cache_paths(folder: Path, image_id: str) -> tuple[Path, Path]:
+    """(boxes file, pooled vectors file) of one image in an R-CNN features folder."""
+    return Path(folder) / f"{image_id}.boxes.npy", Path(folder) / f"{image_id}.pooled.npy"
+
+
+def read_cached(folder: str | os.PathLike, image_id: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(boxes float32 [N, 4], pooled float16 [N, D] memory-mapped) of one image, or None when
+    either file is missing, malformed or they disagree."""
+    boxes_path, pooled_path = rcnn_cache_paths(Path(folder), image_id)
+    try:
+        boxes = np.load(boxes_path, allow_pickle=False)
+        pooled = np.load(pooled_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4
+            or pooled.dtype != np.float16 or pooled.shape != (len(boxes), dim)):
+        return None
+    return boxes, pooled
+
+
+def rcnn_features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
+    """The folder of the last ``sppdet extract --method rcnn`` (``WorkdirError`` if none)."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(RCNN_RECORD)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: no R-CNN window features; run sppdet extract --method rcnn first")
+    return folder
+
+
+def rcnn_info(folder: str | os.PathLike) -> RcnnInfo:
+    """The config and trunk geometry of an R-CNN features folder."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; run sppdet extract --method rcnn first")
+    data = read_json(path)
+    config = dict(data["config"], levels=tuple(data["config"]["levels"]))
+    return RcnnInfo(config=RcnnConfig(**config), stride=int(data["stride"]),
+                    offset=float(data["offset"]), channels=int(data["channels"]))
+
+
+def _keys(boxes: np.ndarray) -> np.ndarray:
+    """One 16-byte key per float32 box [N, 4] (+0.0 turns -0.0 into 0.0, so equal boxes match)."""
+    return np.ascontiguousarray(boxes + np.float32(0)).view(np.dtype((np.void, 16))).reshape(-1)
+
+
+def box_rows(cached: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """int64 [R]: the first row of ``cached`` [N, 4] equal to each box of ``wanted`` [R, 4]
+    (exact float32 coordinates), or -1 where there is none. One sort, no loop over boxes."""
+    cached, wanted = as_boxes(cached), as_boxes(wanted)
+    _, first, inverse = np.unique(_keys(np.concatenate([cached, wanted])), return_index=True,
+                                  return_inverse=True)
+    rows = first[inverse.reshape(-1)[len(cached):]].astype(np.int64)
+    rows[rows >= len(cached)] = -1
+    return rows
+
+
+def lookup_pooled(folder: str | os.PathLike, image_id: str, boxes, dim: int) -> np.ndarray:
+    """The cached R-CNN vectors float32 [R, D] of ``boxes`` float32 [R, 4] of ``image_id``.
+
+    ``WorkdirError`` if the image is not cached ("run sppdet extract --method rcnn") or if a box
+    is neither one of its ground-truth boxes nor one of its cached proposals.
+    """
+    cached = read_cached(folder, image_id, dim)
+    if cached is None:
+        raise WorkdirError(f"{rcnn_cache_paths(Path(folder), image_id)[1]}: no valid R-CNN features for image "
+                           f"{image_id!r}; run sppdet extract --method rcnn (with --split covering it)")
+    rows = box_rows(cached[0], boxes)
+    missing = int((rows < 0).sum())
+    if missing:
+        raise WorkdirError(f"{folder}: {missing} of {len(rows)} windows of image {image_id!r} are not "
+                           "cached; --method rcnn has features only for ground-truth boxes and "
+                           "proposals (re-run sppdet extract --method rcnn after sppdet propose)")
+    return np.asarray(cached[1][rows], dtype=np.float32)

@@ -1,0 +1,111 @@
+"""The models a work directory's stages trained, loaded and checked against the features they read.
+
+``train-svm``, ``train-bbox`` and ``finetune`` record their models in ``config.json``; these
+functions find them (per ``--method``, ``sppdet.workdir.methods``), refuse models trained on other
+features, and assemble the detector (``sppdet.models.detector``) or run it over a split.
+"""
+
+from __future__ import annotations
+
+from sppdet.config import DetectConfig
+from sppdet.errors import ModelError, WorkdirError
+from sppdet.evaluation.voc_ap import Detections
+from sppdet.fileio import file_hash
+from sppdet.models.bbox_reg import BboxRegressor
+from sppdet.models.detector import Detector
+from sppdet.models.head import FcHead, load_head
+from sppdet.models.svm import SvmModel
+from sppdet.ops.views import check_views
+from sppdet.parallel import Progress, no_progress
+from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
+from sppdet.workdir.records import BBOX_RECORD, FINETUNE_RECORD, SVM_RECORD
+from sppdet.workdir.store import WorkDir
+from sppdet.workdir.window_source import WindowSource
+
+
+def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int,
+                   method: str = DEFAULT_METHOD) -> tuple[FcHead, str]:
+    """The head recorded by the last ``finetune`` with ``method`` and its file hash;
+    ``WorkdirError`` if there is none, ``ModelError`` if it was trained on other features than
+    ``feature_hash``."""
+    record = workdir.config().get("stages", {}).get(stage_key(FINETUNE_RECORD, method))
+    if not record or not (workdir.root / record["head"]).is_file():
+        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
+        raise WorkdirError(f"{workdir.root}: no fine-tuned fc head; run sppdet finetune{flag} first "
+                           "(or use --layer pool5)")
+    path = workdir.root / record["head"]
+    head, meta = load_head(path, expected_in_dim=in_dim)
+    if meta.get("feature_hash") != feature_hash:
+        raise ModelError(f"{path}: trained on features {meta.get('feature_hash')}, these are "
+                         f"{feature_hash}; re-run `sppdet finetune`")
+    return head, file_hash(path)
+
+
+def trained_svms(workdir: WorkDir, feature_hash: str, method: str = DEFAULT_METHOD) -> SvmModel:
+    """The SVMs of the last ``train-svm`` with ``method``, checked against ``feature_hash``."""
+    record = workdir.config().get("stages", {}).get(stage_key(SVM_RECORD, method))
+    if not record:
+        flag = "" if method == DEFAULT_METHOD else f" --method {method}"
+        raise WorkdirError(f"{workdir.root}: no trained SVMs; run sppdet train-svm{flag} first")
+    return SvmModel.load(workdir.root / record["model"], feature_hash=feature_hash)
+
+
+def trained_regressors(workdir: WorkDir, feature_hash: str,
+                       method: str = DEFAULT_METHOD) -> BboxRegressor | None:
+    """The regressors of the last ``train-bbox`` with ``method`` checked against ``feature_hash``,
+    or None if it never ran (detection then uses the unrefined boxes)."""
+    record = workdir.config().get("stages", {}).get(stage_key(BBOX_RECORD, method))
+    if not record:
+        return None
+    path = workdir.root / record["model"]
+    if not path.is_file():
+        raise WorkdirError(f"{path}: recorded by train-bbox but missing; re-run sppdet train-bbox")
+    return BboxRegressor.load(path, feature_hash=f"{feature_hash}:pool5")
+
+
+def load_detector(workdir: WorkDir, feature_hash: str, in_dim: int, config: DetectConfig = DetectConfig(),
+                  method: str = DEFAULT_METHOD) -> Detector:
+    """The detector of the models the work directory's last training stages with ``method``
+    recorded, each checked against the pooled features ``feature_hash`` (``WindowSource.feature_hash``)
+    of dimension ``in_dim``."""
+    record = require_trained(workdir, method)
+    layer = record["layer"]
+    head, svm_hash = None, f"{feature_hash}:pool5"
+    if layer != "pool5":
+        head, head_id = finetuned_head(workdir, feature_hash, in_dim, method)
+        svm_hash = f"{feature_hash}:{layer}:{head_id}"
+    svms = trained_svms(workdir, svm_hash, method)
+    regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
+    return Detector(svms.class_names, svms, head, regressors, config, layer)
+
+
+def require_trained(workdir: WorkDir, method: str = DEFAULT_METHOD) -> dict:
+    """The ``train-svm`` record of ``workdir`` for ``method``; ``WorkdirError`` saying which
+    stages to run if none."""
+    record = workdir.config().get("stages", {}).get(stage_key(SVM_RECORD, method))
+    if not record:
+        flag = "" if method == DEFAULT_METHOD else f" with --method {method}"
+        raise WorkdirError(f"{workdir.root}: no trained detector{flag}; run sppdet propose, extract, "
+                           f"finetune, train-svm and train-bbox{flag} first")
+    return record
+
+
+def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConfig(), data_root=None,
+                 progress: Progress = no_progress, method: str = DEFAULT_METHOD,
+                 source: WindowSource | None = None) -> Detections:
+    """The detector trained with ``method`` run over every image of ``split`` from the caches;
+    ``source``: the split's windows when the caller keeps one (it must pool at the recorded levels)."""
+    levels = require_trained(workdir, method).get("levels")
+    if source is None or tuple(source.levels) != tuple(levels or source.levels):
+        source = WindowSource(workdir, split, data_root, levels=levels, method=method)
+    detector = load_detector(workdir, source.feature_hash, source.dim, config, method)
+    names = check_views(config.tta)
+    per_image = {}
+    for image_id in source.image_ids:
+        windows = source.proposals(image_id)
+        annotation = source.dataset.annotation(image_id)
+        views = [(view, source.pool(image_id, windows, view)) for view in names]
+        per_image[image_id] = detector.detect(source.pool(image_id, windows), windows,
+                                              (annotation.height, annotation.width), views)
+        progress(1)
+    return Detections.from_images(per_image)
