@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProposeConfig:
-    """Selective search (SPEC section 1)."""
+    """Selective search (docs/algorithm.md section 1)."""
 
     mode: str = "fast"  # "fast" (paper; HSV+Lab, OpenCV's k in {150,300,450}) or "quality"
     max_proposals: int = 2000  # boxes kept per image (paper: ~2,000)
@@ -21,7 +21,7 @@ class ProposeConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """One-pass conv features (SPEC sections 2-3)."""
+    """One-pass conv features (docs/algorithm.md sections 2-3)."""
 
     backbone: str = "zf5"  # "zf5" (paper), "alexnet" or "vgg16" (torchvision features[:-1])
     width: float = 1.0  # zf5 channel multiplier (1.0 = the paper's 96-256-384-384-256)
@@ -34,7 +34,7 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class SvmConfig:
-    """Per-class linear SVMs with hard-negative mining (SPEC section 8; R-CNN rcnn_train.m)."""
+    """Per-class linear SVMs with hard-negative mining (docs/algorithm.md section 8; R-CNN rcnn_train.m)."""
 
     layer: str = "fc7"  # features the SVMs read: "fc7" (paper, after fine-tuning) or "pool5"
     C: float = 1e-3  # hinge-loss weight in 0.5|w|^2 + C * sum(loss) (paper: 1e-3)
@@ -58,7 +58,7 @@ class SvmConfig:
 
 @dataclass(frozen=True)
 class BboxRegConfig:
-    """Per-class ridge box regression on pooled conv5 features (SPEC section 9)."""
+    """Per-class ridge box regression on pooled conv5 features (docs/algorithm.md section 9)."""
 
     min_overlap: float = 0.6  # train on windows with IoU > this to their best box (R-CNN 0.6, release 0.5)
     ridge_lambda: float = 1000.0  # ridge penalty on the weights (R-CNN 1000, SPP_net release 4000)
@@ -70,7 +70,7 @@ class BboxRegConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """fc6/fc7/fc8 on cached pooled features, conv frozen (SPEC section 7); with ``train_conv``,
+    """fc6/fc7/fc8 on cached pooled features, conv frozen (docs/algorithm.md section 7); with ``train_conv``,
     trunk and head end to end on whole images (sppdet.training.finetune_conv)."""
 
     hidden: tuple[int, int] = (512, 512)  # fc6, fc7 (paper: 4096, 4096); = pretrain's, to start from its head
@@ -92,7 +92,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """Test-time scoring (SPEC section 10)."""
+    """Test-time scoring (docs/algorithm.md section 10)."""
 
     nms: float = 0.3  # per-class NMS IoU threshold (paper: 0.3)
     top_k: int = 100  # boxes kept per class per image (paper: 100)
@@ -105,12 +105,13 @@ class DetectConfig:
 class PretrainConfig:
     """Training the conv trunk as an SPP classifier of warped windows when no ImageNet weights
     exist (sppdet.training.pretrain; the paper pre-trains ZF-5 on ImageNet crops with multi-size training,
-    section 2.3). Defaults measured on the synth demo data (see sppdet.training.pretrain)."""
+    section 2.3). Defaults chosen on the synth demo data (sppdet.training.pretrain; evidence in
+    docs/decisions.md)."""
 
     backbone: str = "zf5"  # trunk to train (sppdet.models.backbones); zf5 is the paper's
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
     sizes: tuple[int, ...] = (64, 52)  # crop sides, one per epoch in turn (paper: 224, 180)
-    epochs: int = 16  # passes over the split (paper: ImageNet, ~70 epochs); demo mAP +0.02 over 12 (2 seeds)
+    epochs: int = 16  # passes over the split (paper: ImageNet, ~70 epochs); better than 12 on the demo
     lr: float = 0.0125  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)
     weight_decay: float = 5e-4  # (paper: 5e-4)
@@ -133,7 +134,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class RcnnConfig:
     """R-CNN window features: every window warped to a crop and run through the trunk (sppdet.models.crops),
-    the baseline SPP-net is compared with (``--method rcnn``; SPEC "published numbers")."""
+    the baseline SPP-net is compared with (``--method rcnn``; docs/algorithm.md section 13)."""
 
     backbone: str = "zf5"  # the same trunk as ExtractConfig's (R-CNN: AlexNet; the paper's comparison: ZF-5)
     width: float = 1.0  # zf5 channel multiplier, as ExtractConfig

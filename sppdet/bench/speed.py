@@ -1,5 +1,5 @@
 """Detection time per image of SPP-net (1 and 5 scales) against R-CNN on the same images,
-proposals and model: the paper's timing table (SPEC, "Published numbers"; issue 6 section 2).
+proposals and model: the paper's timing table (docs/algorithm.md section 13; issue 6 section 2).
 
 Shape shorthand: N windows per image (``proposals``), M R-CNN windows timed per image,
 C conv5 channels, D = C * sum(n^2) pooled length (levels 1, 2, 3, 6), F the length the SVMs read

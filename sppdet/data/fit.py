@@ -5,7 +5,7 @@ objects; no pixels, never another split), so a rule cannot see the validation or
 Each rule is written so a user can predict it (README, "Settings that follow your data"):
 
 - **Scales** (:func:`fit_scales`): each window is pooled at the scale where it measures about
-  ``target`` px (SPEC section 4), so an object of side ``s`` (square root of its box area) in an
+  ``target`` px (docs/algorithm.md section 4), so an object of side ``s`` (square root of its box area) in an
   image of shorter side ``m`` wants the scale ``target * m / s``. The scales span the 10th to
   90th percentile of that wish over the training objects, at most ``sqrt(2)`` apart (the paper's
   five scales are 1.2-1.25x apart) but at most five (a wider span gets wider steps), within

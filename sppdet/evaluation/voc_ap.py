@@ -4,7 +4,7 @@ Shape shorthand: N detections, G ground-truth boxes, K classes, M images, P (det
 pairs that share an image. Labels are 1..K (0 is background; ``classes[k - 1]`` has label k, as
 in ``sppdet.data.voc``).
 
-Rules (SPEC section 11, VOCevaldet.m of the VOC2007-2012 devkits), applied per class:
+Rules (docs/algorithm.md section 11, VOCevaldet.m of the VOC2007-2012 devkits), applied per class:
 - The detections of the whole split are sorted by decreasing score. The sort is stable: tied
   scores keep the row order of ``Detections`` (line order when read from results files), which
   is what the devkit's MATLAB ``sort`` does. (py-faster-rcnn's ``np.argsort`` is not stable.)

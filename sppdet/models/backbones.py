@@ -1,6 +1,6 @@
 """Conv trunks (conv1 .. conv5, total stride 16): geometry, preprocessing and weights loading.
 
-Backbones (SPEC section 2):
+Backbones (docs/algorithm.md section 2):
     ``zf5``      the paper's ZF-5 with every layer padded floor(k/2) as the paper's appendix
                  assumes (the release pads conv1 by 1 and conv2 by 0 and measures its offsets
                  instead); LRN as the release (within-channel, 3x3, alpha 5e-5, beta 0.75);

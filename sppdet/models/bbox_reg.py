@@ -1,4 +1,4 @@
-"""Per-class ridge box regression on pooled conv5 features (SPEC section 9).
+"""Per-class ridge box regression on pooled conv5 features (docs/algorithm.md section 9).
 
 Shape shorthand: R windows, G ground-truth boxes, n training examples of one class, K classes
 (labels 1..K; 0 is background), D = C * 50 pooled conv5 length. Boxes follow ``sppdet.structures.boxes``:

@@ -1,4 +1,4 @@
-"""A trained SPP-net detector: pooled windows in, scored and refined boxes out (SPEC section 10).
+"""A trained SPP-net detector: pooled windows in, scored and refined boxes out (docs/algorithm.md section 10).
 
 Shape shorthand: R windows (proposals) of one image, D pooled dimension, K classes, N detections.
 Boxes follow ``sppdet.structures.boxes``.
@@ -58,9 +58,8 @@ class Detector:
         the same windows seen in views of the image (``sppdet.ops.views``). Each window's SVM scores
         and box deltas are then the mean over the image and its views, each view's deltas turned
         back by ``delta_signs``; a window stays where it is, so NMS and everything after it are
-        unchanged. Measured on the demo (2026-12-01, test mAP, models trained with augmented
-        positives): none 0.784, hflip 0.802, hflip,rot180 0.814, hflip,vflip,rot180 0.818; hflip
-        on SVMs without augmented positives (the recipe before): 0.763 -> 0.788.
+        unchanged. Each view raised the demo's mAP (docs/decisions.md); which views suit a dataset
+        is chosen on its validation split (``sppdet.stages.train_selection``).
         """
         scores = self.score(pooled)
         for _, seen in views:

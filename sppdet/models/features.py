@@ -1,4 +1,4 @@
-"""One-pass conv features at one or more scales, and their cache file (SPEC section 3).
+"""One-pass conv features at one or more scales, and their cache file (docs/algorithm.md section 3).
 
 Shape shorthand: S scales, C channels, (H, W) the original image, (H_s, W_s) the conv5 map at
 scale s (about ceil(round(H * f_s) / 16) x ceil(round(W * f_s) / 16) for zf5).

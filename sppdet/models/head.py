@@ -3,11 +3,12 @@
 Shape shorthand: B windows in a mini-batch, D = C * sum(n^2) pooled dimension, H6/H7 hidden sizes,
 K classes (+1 for background, label 0).
 
-SPEC section 7: fc6 and fc7 (4096 each, ReLU, dropout 0.5) fine-tuned on detection data with the
-conv layers frozen; a window is foreground (label of its best ground-truth box) when its IoU is
->= 0.5, background when its best IoU is in [0.1, 0.5); mini-batches are 25% foreground; SGD with
-momentum 0.9 and weight decay 5e-4. The paper starts fc6/fc7 from ImageNet; sppdet starts them
-from ``sppdet pretrain``'s head when its sizes match, else from a seeded random init.
+The paper's head (docs/algorithm.md section 7): fc6 and fc7 (4096 each, ReLU, dropout 0.5)
+fine-tuned on detection data with the conv layers frozen; a window is foreground (label of its
+best ground-truth box) when its IoU is >= 0.5, background when its best IoU is in [0.1, 0.5);
+mini-batches are 25% foreground; SGD with momentum 0.9 and weight decay 5e-4. The paper starts
+fc6/fc7 from ImageNet; sppdet starts them from ``sppdet pretrain``'s head when its sizes match,
+else from a seeded random init.
 """
 
 from __future__ import annotations

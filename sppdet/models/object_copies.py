@@ -14,15 +14,13 @@ cached map. The chip's top-left corner is snapped down to a multiple of the stri
 untransformed chip's cells line up with the whole-image map's (a test checks they match away
 from the chip border). Chips of the same shape run as one batch.
 
-Why: the SVMs overfit classes whose appearance varies with rotation. On the demo, ground-truth
-squares of trainval score a median 0.15 under their SVM and those of the test split -0.46
-(circles: 1.00 and 1.30). More copies of each object in poses it may take is what the pretraining
-augmentation (``sppdet.training.pretrain``) gives the trunk, here given to the SVMs (measurements in
-``sppdet.stages.train_svm``). As there, "rot90" and "channels" suit only classes that keep their identity
-under them (the demo's shapes), "flip" suits VOC too. Not kept (demo, 2026-12-01, test mAP of
-pool5+fc7 SVMs with the 7 copies, 0.789): each copy also rescaled by a random factor in
-[2^-0.5, 2^0.5] (0.778); 2 copies per object added to each image's windows of the head-only
-``finetune`` (0.786 against 0.781 for the same changed sampler without them).
+Why: the SVMs overfit classes whose appearance varies with rotation (on the demo, test-split
+squares score far below trainval's under their SVM, circles do not). More copies of each object
+in poses it may take is what the pretraining augmentation (``sppdet.training.pretrain``) gives the
+trunk, here given to the SVMs (measurements in docs/decisions.md). As there, "rot90" and
+"channels" suit only classes that keep their identity under them (the demo's shapes), "flip"
+suits VOC too. Rescaled copies and copies for the head-only ``finetune`` were tried on the demo
+and not kept (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -38,11 +36,9 @@ from sppdet.models.features import resize_to_scale, trunk_precision
 from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
 from sppdet.ops.views import transform_boxes, transform_image
 
-#: Context around each object in the resized image, 4 conv5 cells of a stride-16 trunk. On the
-#: demo's trunk the untransformed chip's pooled vector is then within 0.02% (median) and 2% (max)
-#: of the cached one (margin 32: 11% / 32%; 96: float16 rounding, the receptive field's reach, as
-#: a test checks), and the SVMs score as well as with 96 (test mAP 0.802 vs 0.799) in 60% of
-#: the conv time.
+#: Context around each object in the resized image, 4 conv5 cells of a stride-16 trunk: on the
+#: demo's trunk the untransformed chip's pooled vector is then close to the cached one, and the
+#: SVMs score as well as with 96 in less conv time (docs/decisions.md).
 MARGIN = 64
 #: The five channel orders other than the identity.
 PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))

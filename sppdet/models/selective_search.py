@@ -3,7 +3,7 @@
 Shape shorthand: H, W image height and width; N proposals; G ground-truth boxes; T thresholds.
 Boxes follow ``sppdet.structures.boxes`` (float32 ``[N, 4]`` continuous (x1, y1, x2, y2) original pixels).
 
-How the search runs (SPEC section 1). OpenCV's ``cv2.ximgproc.segmentation`` does the work. Its
+How the search runs (docs/algorithm.md section 1). OpenCV's ``cv2.ximgproc.segmentation`` does the work. Its
 ``switchToSelectiveSearchFast`` / ``...Quality`` set up a list of colour images, a list of graph
 segmentations (Felzenszwalb, sigma 0.8, k = base_k + i * inc_k) and a list of grouping strategies,
 and ``process()`` runs every strategy on every (colour image, k) pair. We build the same lists
@@ -22,18 +22,17 @@ seedable nor thread-safe, so its order (not its set of boxes) changes between ru
 it would keep different boxes each time. Our order is deterministic: first by votes (how many
 groups produced the box, most first: boxes that several colour spaces and thresholds agree on),
 then by a fixed pseudo-random hash of the box (an unbiased, reproducible stand-in for OpenCV's
-``rand()``), then by coordinates. ``max_proposals`` keeps the first N. On 40 images of the demo
-dataset (``sppdet synth``, seed 1) a tight cap keeps more objects than OpenCV's own order does
-(recall@0.5 with 30 boxes per image: 0.68 against 0.59), and as many from 100 boxes up; tried
-stand-ins for OpenCV's ``rand() * level`` (box area as the level) did no better.
+``rand()``), then by coordinates. ``max_proposals`` keeps the first N. On the demo dataset a
+tight cap keeps more objects in this order than in OpenCV's own, and as many from 100 boxes up;
+tried stand-ins for OpenCV's ``rand() * level`` did no better (docs/decisions.md).
 
 Other choices: an image whose longer side exceeds ``max_side`` is shrunk (``INTER_AREA``) for the
 search and its boxes are scaled back per axis; boxes narrower or shorter than ``min_size``
 original pixels are dropped (R-CNN's ``FilterBoxesWidth``, 20 px); OpenCV's Rect (x, y, w, h)
 covers pixels x .. x+w-1, i.e. the continuous box (x, y, x+w, y+h). The graph-segmentation k
-values are OpenCV's defaults (fast: 150, 300, 450; quality: up to 750), not SPEC's smaller
-{50, 100, 150, 300}: on 40 demo images k = 50, 100, 150 gave 2.5x the boxes (1,138 per image
-against 463) and a lower recall@0.5 (0.957 against 0.978).
+values are OpenCV's defaults (fast: 150, 300, 450; quality: up to 750), not the original's
+smaller {50, 100, 150, 300} (docs/algorithm.md section 1): on the demo's images the smaller k gave
+more boxes and a lower recall (docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-class linear SVMs with R-CNN hard-negative mining (SPEC section 8).
+"""Per-class linear SVMs with R-CNN hard-negative mining (docs/algorithm.md section 8).
 
 Shape shorthand: R windows in one image, G ground-truth boxes, P positives, N cached negatives,
 K classes (labels 1..K; 0 is background), D feature length (fc7 width, or C * 50 for pool5).
@@ -10,8 +10,8 @@ image at a time, so memory holds the positives and the kept negatives, never the
 - Positives: every ground-truth box of the class, all gathered before mining starts (R-CNN's
   first pass; :func:`collect_positives`). Difficult boxes are positives as in R-CNN
   (``use_difficult``); they always count when deciding what is a negative.
-- Negatives: proposals (not ground-truth rows, as SPEC says; R-CNN also used other classes'
-  ground-truth boxes) whose IoU with every box of the class is < 0.3.
+- Negatives: proposals (not ground-truth rows, as docs/algorithm.md section 8 says; R-CNN also
+  used other classes' ground-truth boxes) whose IoU with every box of the class is < 0.3.
 - Features are multiplied by ``feature_scale = 20 / mean L2 norm``. R-CNN measures the mean norm
   on 200 random windows of 200 random images; pass such a sample's :func:`estimate_feature_scale`,
   or leave ``feature_scale=None`` to measure it on every window of the first image streamed.

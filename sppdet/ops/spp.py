@@ -9,17 +9,19 @@ Boxes are float ``[R, 4]`` ``(x1, y1, x2, y2)`` in pixels (``sppdet.structures.b
 convention); cells are int64 ``[R, 4]`` ``(x1, y1, x2, y2)`` *inclusive* map indices.
 
 Choices:
-    * Projection (SPEC section 5): cell ``j`` is centred at pixel ``offset + stride * j``. The
-      paper's ``floor(u) + 1`` / ``ceil(u) - 1`` with ``u = (x - offset) / stride`` keeps exactly the cells
-      whose centres lie strictly inside the window. A side with no such cell (left > right: the
-      window is narrower than about one stride) collapses to the one cell ``(left + right) // 2``,
-      a neighbour of the window's centre; then indices are clamped to the map, so windows
-      reaching past the map keep its border cells.
-    * Scale choice (SPEC section 4): the paper's target of 224 on a side (the release uses 208);
-      ties go to the first (smallest-index) scale.
-    * Pooling (SPEC section 6): exact paper bins, max pooling, levels concatenated in the given
-      order, each flattened as ``(C, n, n)``. Identical bins to ``torchvision.ops.roi_pool`` on
-      inclusive cell boxes with ``spatial_scale=1``, up to its float rounding of bin edges.
+    * Projection (docs/algorithm.md section 5): cell ``j`` is centred at pixel
+      ``offset + stride * j``. The paper's ``floor(u) + 1`` / ``ceil(u) - 1`` with
+      ``u = (x - offset) / stride`` keeps exactly the cells whose centres lie strictly inside the
+      window. A side with no such cell (left > right: the window is narrower than about one
+      stride) collapses to the one cell ``(left + right) // 2``, a neighbour of the window's
+      centre; then indices are clamped to the map, so windows reaching past the map keep its
+      border cells.
+    * Scale choice (docs/algorithm.md section 4): the paper's target of 224 on a side (the
+      release uses 208); ties go to the first (smallest-index) scale.
+    * Pooling (docs/algorithm.md section 6): exact paper bins, max pooling, levels concatenated in
+      the given order, each flattened as ``(C, n, n)``. Identical bins to
+      ``torchvision.ops.roi_pool`` on inclusive cell boxes with ``spatial_scale=1``, up to its
+      float rounding of bin edges.
 
 How the pooling is fast and vectorised: every bin is a rectangle of cells, and the max over any
 rectangle is the max of four overlapping power-of-two blocks. A 2-D sparse table holds, for each
@@ -41,10 +43,10 @@ import torch
 
 #: The paper's pyramid: 1x1, 2x2, 3x3 and 6x6 bins (50 bins).
 LEVELS = (1, 2, 3, 6)
-#: The paper's scale-choice target, on a side (SPEC section 4).
+#: The paper's scale-choice target, on a side (docs/algorithm.md section 4).
 TARGET = 224
-#: Elements gathered per block of windows in spp_pool (8 MB of float32; 4-16 MB measured
-#: fastest on a 2-core Xeon: small enough to stay in cache, large enough to amortise Python).
+#: Elements gathered per block of windows in spp_pool (8 MB of float32: small enough to stay in
+#: cache, large enough to amortise Python; measured in docs/decisions.md).
 _BLOCK_ELEMENTS = 1 << 21
 
 
@@ -98,8 +100,9 @@ def choose_scales(boxes, scale_factors, target: float = TARGET) -> torch.Tensor:
 
 
 def _bin_blocks(low: torch.Tensor, high: torch.Tensor, n: int):
-    """The ``n`` bins along one axis of windows spanning cells ``low..high`` ``[R]`` (SPEC section
-    6), each as two overlapping power-of-two blocks: ``(start1, start2, k)``, each ``[R, n]``.
+    """The ``n`` bins along one axis of windows spanning cells ``low..high`` ``[R]``
+    (docs/algorithm.md section 6.1), each as two overlapping power-of-two blocks:
+    ``(start1, start2, k)``, each ``[R, n]``.
 
     Bin ``i`` covers ``low + floor(i * size / n) .. low + ceil((i + 1) * size / n) - 1``; its
     blocks of ``2**k`` cells (``2**k <= bin length < 2**(k + 1)``) start at its first cell and end

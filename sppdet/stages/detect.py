@@ -3,7 +3,7 @@
 Shape shorthand: P proposals of one image, C conv5 channels, D = C * sum(n^2) the pooled length
 (levels 1, 2, 3, 6), K classes, N detections. Boxes follow ``sppdet.structures.boxes``.
 
-Per image (SPEC section 10): selective search with the ``ProposeConfig`` the work directory's
+Per image (docs/algorithm.md section 10): selective search with the ``ProposeConfig`` the work directory's
 ``propose`` stage recorded; conv features from the trunk that computed the recorded features
 folder (same backbone, width, weights, scales and seed), rebuilt once per run; SPP pooling with
 that trunk's geometry; then ``sppdet.models.detector.Detector`` (fc head, SVMs, box regression,

@@ -1,4 +1,4 @@
-"""The ``extract`` stage: conv5 features of every image of a split, cached (SPEC section 3).
+"""The ``extract`` stage: conv5 features of every image of a split, cached (docs/algorithm.md section 3).
 
 One file per image (``<image_id>.npz``, see ``sppdet.models.features`` for the format) in the work
 directory folder ``features-<hash>``, where the hash covers the dataset root, an ``ExtractConfig`` (backbone, width,
@@ -31,10 +31,9 @@ pools these features routes windows alike): the paper pools each window at the s
 closest to 224 x 224 px, the side of its ImageNet training crops, so windows look as large as the
 objects the trunk learned from. A trunk from ``sppdet pretrain`` learned from much smaller crops
 (``--sizes``, 64 px by default), so with such a trunk the default target is
-``TARGET_PER_CROP_SIDE`` (1.5) times its largest crop side: 96 px for 64 px crops. Measured on the
-demo (pool5 SVMs, no box regression, scales 224-896, test mAP): target 48: 0.463, 64: 0.536,
-80: 0.565, 96: 0.589, 112: 0.563, 224: 0.516. A window's conv5 cells also see context beyond it
-(their receptive fields), which is why the best target is above the crop side. Other weights
+``TARGET_PER_CROP_SIDE`` (1.5) times its largest crop side: 96 px for 64 px crops, the best of
+the targets tried on the demo (docs/decisions.md). A window's conv5 cells also see context beyond
+it (their receptive fields), which is why the best target is above the crop side. Other weights
 (random, ImageNet, a file) keep the paper's 224.
 """
 

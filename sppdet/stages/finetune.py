@@ -1,7 +1,7 @@
 """The ``finetune`` stage: fc6 -> fc7 -> fc8 trained on cached pooled features, conv frozen;
 or, with ``train_conv``, trunk and head trained end to end (``sppdet.training.finetune_conv``).
 
-SPEC section 7 (see ``sppdet.models.head`` for the recipe). Windows are streamed from the caches image
+docs/algorithm.md section 7 (see ``sppdet.models.head`` for the recipe). Windows are streamed from the caches image
 by image (``sppdet.workdir.window_source``): each pass visits the split's images in a seeded random
 order, labels the image's ground-truth boxes and proposals (foreground IoU >= 0.5, background
 [0.1, 0.5)), samples ``windows_per_image`` of them with a 25% foreground share, pools just those,

@@ -1,7 +1,7 @@
 """The ``train-bbox`` stage: per-class ridge box regressors on pooled conv5 features.
 
-SPEC section 9 via ``sppdet.models.bbox_reg``. One streaming pass over the split: per image, only the
-proposals whose best IoU with a ground-truth box exceeds ``min_overlap`` (plus the ground-truth
+docs/algorithm.md section 9 via ``sppdet.models.bbox_reg``. One streaming pass over the split: per
+image, only the proposals whose best IoU with a ground-truth box exceeds ``min_overlap`` (plus the ground-truth
 boxes) are pooled, since no other window is a training example. Features are scaled to mean
 norm 20, measured R-CNN's way on random proposals of random images. Output: ``bbox-<hash>/bbox.npz``.
 ``method`` ("spp" or "rcnn", ``sppdet.workdir.methods``) picks the window features and the ``config.json``

@@ -1,39 +1,31 @@
 """The ``train-svm`` stage: per-class linear SVMs on fc7 (or pool5) features of the caches.
 
-SPEC section 8 via ``sppdet.models.svm``. Two streaming passes over the split (``sppdet.workdir.window_source``):
-the first pools only ground-truth boxes (the positives, R-CNN's first pass); the second pools every
-proposal of each image for hard-negative mining. The feature scale (mean norm 20) is measured
-R-CNN's way on random proposals of random images before mining.
+docs/algorithm.md section 8 via ``sppdet.models.svm``. Two streaming passes over the split
+(``sppdet.workdir.window_source``): the first pools only ground-truth boxes (the positives, R-CNN's
+first pass); the second pools every proposal of each image for hard-negative mining. The feature
+scale (mean norm 20) is measured R-CNN's way on random proposals of random images before mining.
 
 ``--layer fc7`` reads the head of the last ``sppdet finetune``; its file hash becomes part of the
 model's feature hash, so SVMs trained on one head refuse to score another's features.
-``--layer pool5+fc7`` (beyond the paper, in the spirit of its model combination, SPEC 12): each
-window's pool5 vector and its fc7 vector side by side, fc7 multiplied by the ratio of their mean
-norms (measured on random proposals, saved with the model) so neither part dominates. On the
-demo's models of 2026-12-01 (C 0.005, 4 extra positives, no box regression, test mAP): pool5
-0.728, fc7 0.716, pool5+fc7 0.745 (0.763 vs 0.746 with box regression); on a second trunk
-(seed 1) pool5 0.680, pool5+fc7 0.705. The sum of separate pool5 and fc7 SVMs' scores: 0.743.
+``--layer pool5+fc7`` (beyond the paper, in the spirit of its model combination, docs/algorithm.md
+section 12): each window's pool5 vector and its fc7 vector side by side, fc7 multiplied by the
+ratio of their mean norms (measured on random proposals, saved with the model) so neither part
+dominates. On the demo it scored above pool5 or fc7 alone (docs/decisions.md).
 Output: ``svm-<hash>/svm.npz``. ``method`` ("spp" or "rcnn", ``sppdet.workdir.methods``) picks the window
 features, the fine-tuned head and the ``config.json`` record (``train-svm`` or ``train-svm:rcnn``).
 ``extra_positives`` (beyond R-CNN, whose positives are the ground-truth boxes only): up to that
 many proposals per object with IoU >= ``extra_positive_iou`` join the positives, drawn per image
 from ``default_rng([seed, image index])`` (``sppdet.structures.image_windows.extra_positive_boxes``). Why: with
-~150 objects per class and 3,200-dimensional pool5 vectors the SVMs overfit; on the demo the
-test split's ground-truth boxes score far below trainval's for the rotated classes (square
-median -0.46 vs 0.15), not for circles (1.30 vs 1.00). Measured on the demo (pool5, no box
-regression, test mAP; four pretrained trunks: batch 16, seeds 0 and 1, with and without part
-windows): ground truth only at C 0.01: 0.699 / 0.687 / 0.716 / 0.674; 4 extra at IoU 0.7 and
-C 0.005: 0.700 / 0.694 / 0.741 / 0.680. On the third trunk: 4 extra at C 0.01 0.733, C 0.0025
-0.737, C 0.02 0.717; 8 extra at C 0.005 0.740; 4 at IoU 0.6 (C 0.01) 0.727. Default 0 (R-CNN).
+~150 objects per class and 3,200-dimensional pool5 vectors the SVMs overfit (on the demo the test
+split's ground-truth boxes of the rotated classes score far below trainval's). The gain measured
+on the demo was small (docs/decisions.md), so the default stays 0 (R-CNN).
 ``augment_positives`` (beyond R-CNN; SPP only; default none): each positive object (ground truth,
 difficult ones only with ``use_difficult``) also gives the pooled vectors of its flipped,
 quarter-turned or recoloured copies (``sppdet.models.object_copies``: a chip of the image at the
 object's scale through the features' trunk, so no whole-image features are recomputed), channel
-orders drawn from ``default_rng([seed, image index, 1])``. On the demo's models of 2026-12-01
-(pool5+fc7, box regression, test mAP), against 0.763 without copies (4 extra positives, C 0.005):
-"flip,rot90" (7 copies) at C 0.01 0.789 without extra positives and 0.787 with 4; at C 0.02 0.784
-and 0.787; with 4 at C 0.005 0.783 (0.782 adding "channels") and at C 0.0025 0.773. pool5 alone
-with the copies: 0.764 (C 0.01). The copies cost one small conv pass per object and transform.
+orders drawn from ``default_rng([seed, image index, 1])``. On the demo "flip,rot90" raised the
+mAP more than the extra positives did and made them unnecessary (docs/decisions.md). The copies
+cost one small conv pass per object and transform.
 ``levels`` (SPP only; default 1, 2, 3, 6) pools the windows with another pyramid, for the paper's
 pyramid ablation with ``--layer pool5``; the record keeps them, so ``eval`` and ``detect`` pool the
 same way.

@@ -107,7 +107,7 @@ def _centres_sizes(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def encode_deltas(proposals, targets) -> np.ndarray:
     """R-CNN regression targets ``[N, 4]`` (tx, ty, tw, th) taking ``proposals`` to ``targets``.
 
-    Both ``[N, 4]`` (x1, y1, x2, y2) with positive sizes. SPEC section 9:
+    Both ``[N, 4]`` (x1, y1, x2, y2) with positive sizes. docs/algorithm.md section 9:
     tx = (gx - px) / pw, ty = (gy - py) / ph, tw = log(gw / pw), th = log(gh / ph),
     with (x, y) the box centre. Inverse of :func:`decode_deltas`.
     """

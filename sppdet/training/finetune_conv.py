@@ -3,7 +3,7 @@
 Shape shorthand: R windows of one image, S extract scales, C conv5 channels,
 D = C * sum(n^2) pooled length, K classes (label 0 is background). Boxes follow ``sppdet.structures.boxes``.
 
-Beyond the paper (SPEC section 7 keeps conv frozen; Fast R-CNN fine-tunes it): gradients flow
+Beyond the paper (docs/algorithm.md section 7: conv stays frozen; Fast R-CNN fine-tunes it): gradients flow
 from the fc head through the differentiable ``sppdet.ops.spp.spp_pool`` into the trunk.
 
 Per image (order and window sampling seeded exactly as the head-only ``finetune``,
@@ -22,10 +22,8 @@ step equals one on the mean cross-entropy of all its windows.
 Choices:
     * Learning rates: the head gets ``lr``, the trunk ``lr * conv_lr_mult``, default 0.1 (Fast
       R-CNN uses one rate for all layers): a trunk from ``sppdet pretrain`` has its batch norm
-      folded into the weights, and the head's rate disturbs it faster than the head adapts.
-      Measured on 48 synth trainval images (zf5 width 0.25 pretrained 12 epochs, scale 448,
-      hidden 128, 6 epochs), final training loss: 1.079 at x1, 0.956 at x0.1, 0.993 at x0 (conv
-      frozen); at scale 224 (6 pretrain epochs) 1.039 at x1, 0.928 at x0.1. Both rates drop 10x
+      folded into the weights, and the head's rate disturbs it faster than the head adapts (x0.1
+      reached a lower training loss than x1 or a frozen trunk, docs/decisions.md). Both rates drop 10x
       for the last quarter of the epochs, as ``sppdet.models.head.train_head``. SGD momentum 0.9, weight
       decay 5e-4 on every parameter, dropout in the head only.
     * Raw-pixel trunks (zf5: BGR - 128, no std) train on inputs divided by ``PIXEL_STD`` (64) with

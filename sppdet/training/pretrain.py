@@ -22,15 +22,15 @@ Each window is warped with R-CNN's context (``sppdet.models.crops.warp_crops``; 
 the crop side). The crops of ``images_per_group`` images are shuffled together into batches of
 ``batch_size``; leftovers carry into the next group. Images stream from disk; memory holds one group.
 
-Choices beyond the paper, each measured on the synth demo data (held-out object-crop accuracy and
-the test mAP of pool5 SVMs on whole-image features, BENCHMARKS.md):
+Choices beyond the paper, each chosen on the synth demo data (held-out object-crop accuracy and
+the test mAP of pool5 SVMs on whole-image features; the measurements are in docs/decisions.md):
     * Batch normalisation after every conv during training, folded into the conv weights when the
       trunk is saved (:meth:`CropClassifier.trunk_state`), so ``extract`` runs the plain trunk.
-      From scratch it trains several times faster (crop accuracy 0.87 vs 0.60 after 12 epochs).
+      From scratch it trains several times faster.
     * Crops rather than whole images (the previous trainer, one image of 128 windows per step):
-      the same epochs give better features (pool5-SVM test mAP 0.49 vs 0.34 at one scale) because
-      each SGD step sees objects from many images. Whole-image statistics differ from the crops',
-      which is why the fc head is fine-tuned on whole-image features afterwards (``finetune``).
+      the same epochs give better features because each SGD step sees objects from many images.
+      Whole-image statistics differ from the crops', which is why the fc head is fine-tuned on
+      whole-image features afterwards (``finetune``).
     * ``augment`` adds "rot90" (random quarter turns) and "channels" (random colour-channel
       permutation) to the default "flip": right only for classes that keep their identity under
       them, as the demo's shapes (any rotation, colour independent of class); not for VOC.
@@ -39,10 +39,8 @@ the test mAP of pool5 SVMs on whole-image features, BENCHMARKS.md):
       on unit-scale activations they change conv5 by ~1e-4) and kept in the saved trunk.
     * SGD (momentum 0.9, weight decay 5e-4), linear warm-up over at most 100 steps, cosine decay.
     * Mini-batches of 16 crops at lr 0.0125, not the paper's 128: a few hundred training images
-      give ~1,500 steps of 128 in 16 epochs, and the trunk is step-limited. Measured on the demo
-      (random windows, 16 epochs, pool5 SVMs, no box regression, one torch thread, test mAP):
-      batch 128 / lr 0.05: 0.635; 32 / 0.05: 0.665; 32 / 0.025: 0.670; 16 / 0.0125: 0.699
-      (seed 1: 0.687 against 0.665 at 128); 8 / 0.00625: 0.695. Cost: 1.4x the time per epoch.
+      give ~1,500 steps of 128 in 16 epochs, and the trunk is step-limited; 16 scored best on the
+      demo among 8 to 128, at more time per epoch.
 
 Reproducibility: image order from ``default_rng([seed, epoch])``, crop sampling and augmentation
 from ``default_rng([seed, epoch, group])``, init and dropout from ``torch.manual_seed(seed)``
@@ -108,8 +106,8 @@ class CropClassifier(nn.Module):
     ``skip_lrn`` trains without zf5's LRN layers, which then only come back in the saved trunk:
     ``x / (1 + 5e-5 mean(x^2)) ** 0.75`` hardly changes the unit-scale activations that batch norm
     and the input scale give (and folding keeps), while it and its gradient cost ~15% of a training
-    step on a CPU. Measured on the demo's trunk: conv5 with and without its LRN layers differ by
-    1-4e-4 of the map's largest value, below the float16 feature cache's resolution (~5e-4).
+    step on a CPU. On the demo's trunk the difference in conv5 stays below the float16 feature
+    cache's resolution (docs/decisions.md).
     """
 
     def __init__(self, backbone: Backbone, head: FcHead, levels: Sequence[int] = LEVELS,

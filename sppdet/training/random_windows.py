@@ -9,18 +9,15 @@ near-object windows. Random boxes give the background, jittered copies of each g
 give the near-object windows, and ``sppdet.training.pretrain.pretrain_windows`` labels them exactly as it
 labels proposals (IoU >= fg_iou: the object's class; < bg_iou to every object: background).
 
-Measured on the synth demo (16 epochs on its 240 trainval images, pool5 SVMs, no box regression,
-scales 272-1088, one torch thread; an experiment script drawing windows as here): test mAP 0.646
-and 0.665 for pretraining seeds 0 and 1 with random windows, against 0.627 and 0.570 with
-proposals (batch 128). The demo uses them (``benchmarks/demo.py``). The default stays
-"proposals", as SPEC/the issue describe, until a second dataset confirms the gain: random
-background boxes are easier negatives than proposals that hug clutter.
+On the synth demo random windows trained a better trunk than proposals (docs/decisions.md), so
+the demo and ``sppdet train`` use them. The default of ``sppdet pretrain`` stays "proposals", the
+pipeline's own windows (docs/algorithm.md section 1), until a second dataset confirms the gain:
+random background boxes are easier negatives than proposals that hug clutter.
 
 Part windows (``parts``, ``PretrainConfig.parts_per_object``): on the demo many false positives
 of the triangle SVM are corners of larger shapes, which random boxes seldom show as background.
-8 parts per object (batch 16, 2026-12-01): test mAP 0.716 / 0.674 for seeds 0 / 1 against
-0.699 / 0.687 without (pool5 SVMs at C 0.01); with the SVM's extra positives at C 0.005
-(``sppdet.stages.train_svm``) 0.741 / 0.680 against 0.700 / 0.694. Default 0; the demo uses 8.
+Parts helped on the demo together with the SVMs' extra positives (docs/decisions.md). Default 0;
+the demo and ``sppdet train`` use 8.
 """
 
 from __future__ import annotations

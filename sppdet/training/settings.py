@@ -48,8 +48,8 @@ from sppdet.models.svm import LAYERS
 from sppdet.ops.views import check_views
 
 #: Defaults of ``sppdet train`` that differ from the single stages' (which keep the paper's):
-#: random pretraining windows with object parts as background (no proposals needed, measured
-#: better on the demo), SVMs on pool5 and fc7 side by side at C 0.01 as the first candidate.
+#: random pretraining windows with object parts as background (no proposals needed, better on
+#: the demo: docs/decisions.md), SVMs on pool5 and fc7 side by side at C 0.01 as the first candidate.
 TRAIN_DEFAULTS = {
     "pretrain": {"windows": "random", "parts_per_object": 8},
     "train-svm": {"layer": "pool5+fc7", "C": 0.01},
