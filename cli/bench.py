@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from sppdet.bench.speed_config import METHODS, PARTS, SCALES_1, SCALES_5, SpeedConfig
+from sppdet.config import BACKBONES
 from cli.common import (device_option, library_errors, progress_bar, quiet_option, stdout_console,
                         workdir_option)
-from sppdet.models.backbones import BACKBONES
-from sppdet.bench.speed import METHODS, PARTS, SCALES_1, SCALES_5, SpeedConfig, bench_speed
 from sppdet.fileio import atomic_write_json
 
 DEFAULTS = SpeedConfig()
@@ -76,6 +76,7 @@ def speed(images, proposals, json_path, workdir, data_root, split, backbone, wid
 
     Example: sppdet bench speed --images 5 --proposals 2000 --json speed.json
     """
+    from sppdet.bench.speed import bench_speed
     if len(hidden) != 2:
         raise click.BadParameter(f"{hidden}: expected two sizes, fc6,fc7", param_hint="--hidden")
     config = SpeedConfig(proposals=proposals, scales_1=(scale,), scales_5=scales,

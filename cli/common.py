@@ -17,7 +17,6 @@ from rich.text import Text
 
 from sppdet.errors import ConfigError, SppdetError
 from sppdet.workdir.methods import DEFAULT_METHOD, METHODS
-from sppdet.ops.views import check_views
 
 stderr_console = Console(stderr=True)
 stdout_console = Console()
@@ -80,6 +79,7 @@ def method_option(func):
 
 
 def _parse_views(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    from sppdet.ops.views import check_views
     if value is None:
         return None
     try:

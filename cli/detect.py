@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -10,12 +11,13 @@ from rich.text import Text
 
 from cli.common import (device_option, library_errors, method_option, progress_bar, quiet_option,
                         stderr_console, stdout_console, tta_option, workdir_option)
-from sppdet.config import DetectConfig
-from sppdet.stages.detect import (DEFAULT_SCORE_THRESHOLD, ImageDetector, ImageResult, detect_files,
-                                  expand_inputs)
+from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig
 from sppdet.workdir.methods import DEFAULT_METHOD
 from sppdet.workdir.records import recorded_views
 from sppdet.workdir.store import WorkDir
+
+if TYPE_CHECKING:
+    from sppdet.stages.detect import ImageResult
 
 ROWS_PER_IMAGE = 10
 
@@ -64,6 +66,7 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
 
     Example: sppdet detect photos/*.jpg --out detections/ --score-threshold 0.5
     """
+    from sppdet.stages.detect import ImageDetector, detect_files, expand_inputs
     out = Path(out_dir) if out_dir else WorkDir(workdir).root / "detections"
     json_file = Path(json_path) if json_path else out / "detections.json"
     with library_errors():

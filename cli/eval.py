@@ -12,13 +12,10 @@ from cli.common import (data_option, library_errors, method_option, progress_bar
                         split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
-from sppdet.workdir.trained import detect_split, require_trained
 from sppdet.evaluation.voc_ap import METRICS, EvalResult, evaluate, load_ground_truth
-from sppdet.vis.pr_curves import plot_results
 from sppdet.evaluation.results_io import read_detections, write_devkit_results, write_summary_json
 from sppdet.workdir.methods import DEFAULT_METHOD
 from sppdet.workdir.records import recorded_views
-from sppdet.stages.split_caches import ensure_split_caches
 from sppdet.workdir.store import WorkDir
 
 
@@ -68,6 +65,9 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
 
     Example: sppdet eval --data data/VOC2007 --split test --detections results/ --json ap.json
     """
+    from sppdet.stages.split_caches import ensure_split_caches
+    from sppdet.vis.pr_curves import plot_results
+    from sppdet.workdir.trained import detect_split, require_trained
     with library_errors():
         work = WorkDir(workdir)
         root = work.data_root(data_root)

@@ -7,14 +7,10 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
+from sppdet.config import AUTO_PRECISION, BACKBONES, PRECISIONS, RcnnConfig
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
                         quiet_option, shard_option, split_option, stderr_console, stdout_console, tta_option,
                         workdir_option)
-from sppdet.models.backbones import BACKBONES
-from sppdet.stages.extract import prepare_extract, run_extract
-from sppdet.models.features import AUTO_PRECISION, PRECISIONS
-from sppdet.models.crops import CONTEXT, CROP_SIZE
-from sppdet.stages.extract_rcnn import prepare_rcnn_extract, run_rcnn_extract
 
 SPP_ONLY = ("scales", "target", "tta", "precision")
 RCNN_ONLY = ("crop_size", "context", "batch")
@@ -58,9 +54,9 @@ def _parse_scales(ctx, param, value: str | None) -> tuple[int, ...] | None:
             "sppdet eval / detect --tta.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @method_option
-@click.option("--crop-size", type=click.IntRange(min=1), default=CROP_SIZE, show_default=True,
+@click.option("--crop-size", type=click.IntRange(min=1), default=RcnnConfig.crop_size, show_default=True,
               help="rcnn: side of the warped crops (R-CNN: 227; ZF-5's input: 224).")
-@click.option("--context", type=click.IntRange(min=0), default=CONTEXT, show_default=True,
+@click.option("--context", type=click.IntRange(min=0), default=RcnnConfig.context, show_default=True,
               help="rcnn: pixels of context around each window in its crop (R-CNN: 16).")
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
               help="rcnn: crops per forward pass of the trunk.")
@@ -84,6 +80,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
 
     Example: sppdet extract --split trainval --backbone zf5 --width 0.25 --scales 480,688
     """
+    from sppdet.stages.extract import prepare_extract, run_extract
     other = RCNN_ONLY if method == "spp" else SPP_ONLY
     given = [name for name in other if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
     if given:
@@ -111,6 +108,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
 
 def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,
                   data_root, shard, quiet):
+    from sppdet.stages.extract_rcnn import prepare_rcnn_extract, run_rcnn_extract
     with library_errors():
         job = prepare_rcnn_extract(workdir, split=split, backbone=backbone, width=width,
                                    weights=weights, crop_size=crop_size, context=context, seed=seed,

@@ -10,9 +10,7 @@ from rich.table import Table
 from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
                         quiet_option, split_option, stdout_console, workdir_option)
 from sppdet.config import FinetuneConfig
-from sppdet.stages.finetune import check_config, run_finetune
 from sppdet.workdir.store import WorkDir
-from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = FinetuneConfig()
 
@@ -64,6 +62,8 @@ def finetune(ctx, workdir, data_root, split, hidden, epochs, lr, windows_per_ima
 
     Example: sppdet finetune --hidden 512,512 --epochs 6
     """
+    from sppdet.stages.finetune import check_config, run_finetune
+    from sppdet.workdir.window_source import WindowSource
     if not train_conv and ctx.get_parameter_source("images_per_batch") != ParameterSource.DEFAULT:
         raise click.UsageError("--images-per-batch applies to --train-conv only")
     config = FinetuneConfig(hidden=hidden, epochs=epochs, lr=lr, windows_per_image=windows_per_image,

@@ -1,26 +1,78 @@
-"""The ``sppdet`` command group: one subcommand per module in this package."""
+"""The ``sppdet`` command group: one subcommand per module in this package.
+
+Commands are imported only when they run (or show their own ``--help``): ``sppdet --help`` lists
+them from :data:`COMMANDS` without importing torch, OpenCV or scikit-learn, and each command
+module imports those inside the command. ``tests/test_cli.py`` checks that :data:`COMMANDS`
+says what each command's docstring says.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from sppdet import __version__
-from cli.bench import bench
-from cli.detect import detect
-from cli.eval import eval_command
-from cli.extract import extract
-from cli.finetune import finetune
-from cli.pretrain import pretrain
-from cli.propose import propose
-from cli.scenery import scenery
-from cli.status import status
-from cli.synth import synth
-from cli.train import train
-from cli.train_bbox import train_bbox
-from cli.train_svm import train_svm
+
+#: name -> (module, function, the first sentence of its docstring as ``sppdet --help`` shows it)
+COMMANDS = {
+    'bench': ('cli.bench', 'bench',
+             "Measure sppdet against the paper's claims on this machine."),
+    'detect': ('cli.detect', 'detect',
+              "Detect objects in new images with the work directory's trained detector."),
+    'eval': ('cli.eval', 'eval_command',
+            "Score detections on a split with the Pascal VOC devkit's rules."),
+    'extract': ('cli.extract', 'extract',
+               'Compute conv5 features of every image of a split, once per scale, and cache them.'),
+    'finetune': ('cli.finetune', 'finetune',
+                'Train the fc head (fc6, fc7, fc8) on cached SPP features, conv frozen as in the paper.'),
+    'pretrain': ('cli.pretrain', 'pretrain',
+                'Train the conv trunk on the dataset when no ImageNet weights exist.'),
+    'propose': ('cli.propose', 'propose',
+               'Run selective search on every image of a split and cache the boxes.'),
+    'scenery': ('cli.scenery', 'scenery',
+               'Write a synthetic dataset of one LOOK to OUT in Pascal VOC layout.'),
+    'status': ('cli.status', 'status',
+              ('Show each stage of the work directory: done or not, its split and key settings, the choices '
+               '`sppdet train` made on val, and the command to run next.')),
+    'synth': ('cli.synth', 'synth',
+             'Write the built-in demo dataset to OUT in Pascal VOC layout.'),
+    'train': ('cli.train', 'train',
+             'Train the whole detector on a VOC-layout dataset, choosing settings on a validation split.'),
+    'train-bbox': ('cli.train_bbox', 'train_bbox',
+                  'Train one ridge box regressor per class on pooled conv5 features.'),
+    'train-svm': ('cli.train_svm', 'train_svm',
+                 "Train one linear SVM per class with R-CNN's hard-negative mining."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (module docstring)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, function, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), function)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, _shortened(COMMANDS[name][2], limit)) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` cut at a word to at most ``limit`` characters, "..." marking a cut (as click does)."""
+    if len(text) <= limit:
+        return text
+    return text[:max(limit - 3, 0)].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sppdet")
 def cli() -> None:
     """SPP-net object detection as cached stages.
@@ -34,20 +86,6 @@ def cli() -> None:
     Example: sppdet synth data/synth && sppdet train --data data/synth
     """
 
-
-cli.add_command(bench)
-cli.add_command(detect)
-cli.add_command(eval_command)
-cli.add_command(extract)
-cli.add_command(finetune)
-cli.add_command(pretrain)
-cli.add_command(propose)
-cli.add_command(scenery)
-cli.add_command(status)
-cli.add_command(synth)
-cli.add_command(train)
-cli.add_command(train_bbox)
-cli.add_command(train_svm)
 
 
 def main() -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from sppdet.config import BACKBONES, WINDOW_SOURCES
 from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
-from sppdet.models.backbones import BACKBONES
 from sppdet.config import PretrainConfig
-from sppdet.training.pretrain import WINDOW_SOURCES
-from sppdet.stages.pretrain import prepare_pretrain, run_pretrain
 
 DEFAULTS = PretrainConfig()
 
@@ -82,6 +80,7 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
 
     On a separate dataset: sppdet pretrain --data data/big --windows random --epochs 3
     """
+    from sppdet.stages.pretrain import prepare_pretrain, run_pretrain
     if len(hidden) != 2:
         raise click.BadParameter(f"{_join(hidden)!r}: expected two sizes, fc6,fc7", param_hint="--hidden")
     config = PretrainConfig(backbone=backbone, width=width, sizes=sizes, epochs=epochs, lr=lr,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from sppdet.config import PROPOSAL_MODES
 from cli.common import (data_option, library_errors, progress_bar, quiet_option, shard_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import ProposeConfig
-from sppdet.models.selective_search import MODES
-from sppdet.stages.propose import prepare_propose, run_propose
 
 DEFAULTS = ProposeConfig()
 
@@ -18,7 +17,7 @@ DEFAULTS = ProposeConfig()
 @data_option
 @split_option("trainval")
 @workdir_option
-@click.option("--mode", type=click.Choice(MODES), default=DEFAULTS.mode, show_default=True,
+@click.option("--mode", type=click.Choice(PROPOSAL_MODES), default=DEFAULTS.mode, show_default=True,
               help="Selective search mode (paper: fast; quality: ~2.5x the boxes, ~3x slower).")
 @click.option("--max-proposals", type=click.IntRange(min=1), default=DEFAULTS.max_proposals,
               show_default=True, help="Boxes kept per image (paper: ~2,000).")
@@ -40,6 +39,7 @@ def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, 
 
     Example: sppdet propose --data data/synth --split trainval --workers 4
     """
+    from sppdet.stages.propose import prepare_propose, run_propose
     config = ProposeConfig(mode=mode, max_proposals=max_proposals, min_size=min_size,
                            max_side=max_side)
     with library_errors():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from sppdet.config import SCENERY_LOOKS
 from cli.common import library_errors, progress_bar, quiet_option, stdout_console
-from sppdet.data.scenery import CLASSES, LOOKS, check_output, write_scenery
 from sppdet.parallel import default_workers
 
 
 @click.command("scenery")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--look", type=click.Choice(LOOKS), required=True,
+@click.option("--look", type=click.Choice(SCENERY_LOOKS), required=True,
               help="glyphs: characters A, K, R, 7 on paper; signs: road-sign icons in a street; "
                    "cells: small blobs of four shapes on a dark microscope field.")
 @click.option("--images", type=click.IntRange(min=2), default=200, show_default=True,
@@ -36,6 +36,7 @@ def scenery(out, look, images, seed, workers, with_val, quiet):
 
     Example: sppdet scenery data/signs --look signs --images 200 --seed 0
     """
+    from sppdet.data.scenery import CLASSES, check_output, write_scenery
     with library_errors():
         root = check_output(out)
         with progress_bar(images, f"scenery {look}", quiet=quiet) as advance:

@@ -6,7 +6,6 @@ import click
 from rich.table import Table
 
 from cli.common import library_errors, progress_bar, quiet_option, stdout_console
-from sppdet.data.synth import SPLITS, check_output, write_dataset
 from sppdet.parallel import default_workers
 
 
@@ -29,6 +28,7 @@ def synth(out, images, seed, workers, quiet):
 
     Example: sppdet synth data/synth --images 400 --seed 0
     """
+    from sppdet.data.synth import SPLITS, check_output, write_dataset
     with library_errors():
         root = check_output(out)
         with progress_bar(images, "synth", quiet=quiet) as advance:

@@ -8,11 +8,11 @@ from rich.table import Table
 
 from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
                         stderr_console, stdout_console, workdir_option)
-from sppdet.models.object_copies import check_augmentations
 from sppdet.errors import ConfigError
 
 
 def _parse_augment(ctx, param, value: str | None):
+    from sppdet.models.object_copies import check_augmentations
     if value is None:
         return None
     try:

@@ -7,10 +7,8 @@ from rich.table import Table
 
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
-from sppdet.stages.train_bbox import run_train_bbox
 from sppdet.config import BboxRegConfig
 from sppdet.workdir.store import WorkDir
-from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = BboxRegConfig()
 
@@ -32,6 +30,8 @@ def train_bbox(workdir, data_root, split, min_overlap, ridge_lambda, method, qui
 
     Example: sppdet train-bbox --min-overlap 0.6 --lambda 1000
     """
+    from sppdet.stages.train_bbox import run_train_bbox
+    from sppdet.workdir.window_source import WindowSource
     config = BboxRegConfig(min_overlap=min_overlap, ridge_lambda=ridge_lambda)
     with library_errors():
         work = WorkDir(workdir)

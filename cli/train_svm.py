@@ -5,13 +5,11 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from sppdet.config import SVM_LAYERS
 from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import SvmConfig
 from sppdet.workdir.store import WorkDir
-from sppdet.stages.train_svm import run_train_svm
-from sppdet.models.svm import LAYERS
-from sppdet.workdir.window_source import WindowSource
 
 DEFAULTS = SvmConfig()
 
@@ -32,7 +30,7 @@ def _parse_levels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @workdir_option
 @data_option
 @split_option("trainval")
-@click.option("--layer", type=click.Choice(LAYERS), default=DEFAULTS.layer, show_default=True,
+@click.option("--layer", type=click.Choice(SVM_LAYERS), default=DEFAULTS.layer, show_default=True,
               help="Features the SVMs read: fc7 of the fine-tuned head, pool5 itself, or both side by "
                    "side (pool5+fc7, fc7 weighted to pool5's mean norm).")
 @click.option("--fc7-scale", type=click.FloatRange(0, min_open=True), default=DEFAULTS.fc7_scale,
@@ -67,6 +65,8 @@ def train_svm(workdir, data_root, split, layer, fc7_scale, c, extra_positives, e
 
     Example: sppdet train-svm --layer fc7
     """
+    from sppdet.stages.train_svm import run_train_svm
+    from sppdet.workdir.window_source import WindowSource
     config = SvmConfig(layer=layer, C=c, fc7_scale=fc7_scale, extra_positives=extra_positives,
                        extra_positive_iou=extra_positive_iou, augment_positives=augment_positives,
                        seed=seed)

@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The choices some options take, kept here (no heavy imports) so that ``sppdet COMMAND --help``
+# can list them without loading torch; the modules that implement them import these.
+BACKBONES = ("zf5", "alexnet", "vgg16")  # sppdet.models.backbones
+PROPOSAL_MODES = ("fast", "quality")  # sppdet.models.selective_search
+WINDOW_SOURCES = ("proposals", "random")  # pretraining windows, sppdet.training.pretrain
+PRECISIONS = ("float32", "bfloat16")  # the trunk's arithmetic, sppdet.models.features
+AUTO_PRECISION = "auto"  # resolved by sppdet.models.features.auto_precision before anything is recorded
+SVM_LAYERS = ("fc7", "pool5", "pool5+fc7")  # what the SVMs read, sppdet.models.svm
+SCENERY_LOOKS = ("glyphs", "signs", "cells")  # sppdet scenery's datasets, sppdet.data.scenery
+DEFAULT_SCORE_THRESHOLD = 0.0  # sppdet detect on new images: the SVMs' decision boundary (sppdet.stages.detect)
+
 
 @dataclass(frozen=True)
 class ProposeConfig:

@@ -149,6 +149,8 @@ def test_bad_options_are_usage_errors(setup):
 def test_help_and_registration():
     result = CliRunner().invoke(eval_command, ["--help"])
     assert result.exit_code == 0 and "Example:" in result.output
+    import click
+
     from cli.main import cli
 
-    assert cli.commands["eval"] is eval_command
+    assert cli.get_command(click.Context(cli), "eval") is eval_command

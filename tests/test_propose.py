@@ -291,6 +291,8 @@ def test_cli_errors_are_one_line(dataset, tmp_path):
 
 def test_cli_help_and_registration():
     assert "Example:" in propose.help
+    import click
+
     from cli.main import cli
 
-    assert cli.commands["propose"] is propose
+    assert cli.get_command(click.Context(cli), "propose") is propose

@@ -17,7 +17,8 @@ from sppdet.errors import ConfigError
 from sppdet.stages.extract import prepare_extract, run_extract
 from sppdet.stages.finetune import run_finetune
 from sppdet.stages.propose import prepare_propose, run_propose
-from sppdet.bench.speed import METHODS, PARTS, SpeedConfig, bench_speed, run_speed, top_up
+from sppdet.bench.speed import bench_speed, run_speed, top_up
+from sppdet.bench.speed_config import METHODS, PARTS, SpeedConfig
 from sppdet.bench.speed_model import random_model, trained_model
 from sppdet.workdir.store import WorkDir
 from sppdet.models.svm import SvmModel

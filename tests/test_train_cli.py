@@ -176,3 +176,27 @@ def test_fc7_scale_multiplies_the_balanced_weight(trained):
         (summary,) = train_svm_variants(work, source, [SvmConfig(layer="pool5+fc7", C=0.02, fc7_scale=scale)])
         weights.append(SvmModel.load(summary.folder / "svm.npz").metadata["fc7_weight"])
     assert weights[1] == 2 * weights[0] > 0
+
+
+def test_readme_python_api_example_runs(trained, tmp_path, monkeypatch, capsys):
+    """The README's Python API block, run as written in a folder holding a trained
+    ``sppdet-work`` and a ``photo.jpg``."""
+    from pathlib import Path
+
+    _, _, work, data, _, _ = trained
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- api-example: tests/test_train_cli.py runs this block -->", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "sppdet-work").symlink_to(work, target_is_directory=True)
+    test_id = read_split(data, "test")[0]
+    shutil.copy(data / "JPEGImages" / f"{test_id}.jpg", tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPPDET_WORKDIR", raising=False)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.boxes.shape == (len(result.scores), 4) and len(result.labels) == len(result.scores)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed, "the example should find the cells in a test image"
+    assert len(printed) == len(result.scores)
+    assert all(line.split()[0] in namespace["detector"].classes for line in printed)

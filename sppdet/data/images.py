@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 
 from sppdet.errors import DatasetError
@@ -15,6 +14,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def to_bgr8(image: np.ndarray) -> np.ndarray:
     """``image`` ([H, W], [H, W, 1], [H, W, 3] BGR or [H, W, 4] BGRA; 8- or 16-bit or float in
     [0, 1]) as a contiguous uint8 BGR array ``[H, W, 3]``."""
+    import cv2  # here, not at the top: reading annotations (sppdet.data.voc) needs no OpenCV
+
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -28,6 +29,8 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
 
 def load_bgr(path: str | os.PathLike) -> np.ndarray:
     """The image at ``path`` as uint8 BGR ``[H, W, 3]``; ``DatasetError`` if it cannot be read."""
+    import cv2
+
     data = None
     try:
         data = np.fromfile(str(path), dtype=np.uint8)

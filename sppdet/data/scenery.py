@@ -66,13 +66,14 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
+from sppdet.config import SCENERY_LOOKS
 from sppdet.data.voc import Annotation, read_annotation, write_annotation, write_split
 from sppdet.data.claim import check_output as claimed_output
 from sppdet.errors import ConfigError
 from sppdet.parallel import Progress, map_unordered, no_progress
 from sppdet.fileio import atomic_write_bytes, atomic_write_json
 
-LOOKS = ("glyphs", "signs", "cells")
+LOOKS = SCENERY_LOOKS
 #: Class names per look, sorted (as ``voc.discover_classes`` lists them).
 CLASSES = {
     "glyphs": ("a", "k", "r", "seven"),

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from sppdet.config import BACKBONES
 from sppdet.errors import ConfigError, ModelError
 from sppdet.fileio import file_hash
 
@@ -166,7 +167,7 @@ _SPECS = {
     "vgg16": _Spec(_vgg16, VGG16_OFFSET, IMAGENET_PREPROCESSING,
                    torchvision.models.VGG16_Weights.IMAGENET1K_V1),
 }
-BACKBONES = tuple(_SPECS)
+assert tuple(_SPECS) == BACKBONES, "sppdet.config.BACKBONES lists the trunks built here"
 
 
 def imagenet_weights_path(name: str) -> Path:

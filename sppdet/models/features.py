@@ -34,20 +34,15 @@ import cv2
 import numpy as np
 import torch
 
+from sppdet.config import PRECISIONS
 from sppdet.models.backbones import Backbone
 from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.fileio import atomic_save_npz
 
-#: Arithmetic of the trunk in ``compute_features``. "bfloat16" (beyond the paper; ``extract
-#: --precision``): autocast, convolutions in bfloat16 (8-bit mantissa), maps still stored
-#: float16. Measured on this project's 2-core CPU (AVX512-BF16, 2026-12-01): the demo's trunk
-#: at 1088 x 1400 px 0.087 s instead of 0.135 s, conv5 within 0.5% (relative L2) of float32,
-#: and the demo chain from extract on 0.812 test mAP against 0.806 (test views hflip,rot180);
-#: extract 41 + 78 s instead of 49 + 100 s (trainval; test with two views). On CPUs without
-#: bfloat16 units it can be slower than float32.
-PRECISIONS = ("float32", "bfloat16")
-#: Resolved by :func:`auto_precision` before anything is computed or recorded.
-AUTO_PRECISION = "auto"
+# PRECISIONS and AUTO_PRECISION (sppdet.config): the arithmetic of the trunk in ``compute_features``.
+# "bfloat16" (beyond the paper; ``extract --precision``): autocast, convolutions in bfloat16 (8-bit
+# mantissa), maps still stored float16; faster on CPUs with bfloat16 units, and slower without
+# (the measurements are in docs/decisions.md).
 #: CPU flags (Linux /proc/cpuinfo) of units that run bfloat16 convolutions natively.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 

@@ -43,11 +43,11 @@ import cv2
 import numpy as np
 
 from sppdet.structures.boxes import as_boxes, clip, iou_matrix, valid
-from sppdet.config import ProposeConfig
+from sppdet.config import PROPOSAL_MODES, ProposeConfig
 from sppdet.data.images import to_bgr8
 from sppdet.errors import ConfigError
 
-MODES = ("fast", "quality")
+MODES = PROPOSAL_MODES
 #: OpenCV's defaults for both modes: k = BASE_K + i * INC_K, i < GROUP_KS[mode]; sigma 0.8.
 BASE_K = 150
 INC_K = 150

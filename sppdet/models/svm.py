@@ -49,7 +49,7 @@ from sklearn.svm import LinearSVC
 
 from sppdet.models.head import fc7_features
 from sppdet.structures.boxes import nms
-from sppdet.config import SvmConfig
+from sppdet.config import SVM_LAYERS, SvmConfig
 from sppdet.errors import ModelError
 from sppdet.models.model_file import read_model_file, write_model_file
 from sppdet.parallel import Progress, no_progress
@@ -261,7 +261,7 @@ def finish_svms(miner: HardNegativeMiner, class_names: Sequence[str], config: Sv
     return model, reports
 
 
-LAYERS = ("fc7", "pool5", "pool5+fc7")
+LAYERS = SVM_LAYERS
 
 
 def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:

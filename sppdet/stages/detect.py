@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 
 from sppdet.models.backbones import resolve_device
-from sppdet.config import DetectConfig, ProposeConfig
+from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig, ProposeConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
 from sppdet.workdir.trained import load_detector, require_trained
 from sppdet.vis.draw import draw_detections, write_image
@@ -75,9 +75,9 @@ from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.ops.views import check_views, view_boxes, view_image
 from sppdet.workdir.window_source import method_features, pooled_feature_hash
 from sppdet.fileio import atomic_save_npy, file_hash
+from sppdet.workdir.records import recorded_views
 from sppdet.workdir.store import WorkDir
 
-DEFAULT_SCORE_THRESHOLD = 0.0
 DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
 CACHE_STAGE = "detect-cache"
 KEY_CHARS = 32  # hex digits of the SHA-256 of an image file naming its cache files
@@ -227,6 +227,16 @@ class ImageDetector:
         self.classes = self.detector.classes
         self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
                                            inputs={"features": features_hash})
+
+    @classmethod
+    def from_workdir(cls, workdir: str | os.PathLike | WorkDir | None = None, device: str = "auto",
+                     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                     method: str = DEFAULT_METHOD) -> "ImageDetector":
+        """The work directory's detector as ``sppdet detect`` runs it: the test-time views chosen on
+        val (``sppdet train``), boxes scoring at least ``score_threshold``."""
+        work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+        views = recorded_views(work) if method == DEFAULT_METHOD else ()
+        return cls(work, DetectConfig(score_threshold=score_threshold, tta=views), device, method)
 
     def _proposals(self, bgr: np.ndarray, key: str) -> tuple[np.ndarray, bool]:
         path = self.cache_folder / f"{key}.proposals.npy"

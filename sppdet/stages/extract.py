@@ -55,8 +55,9 @@ from sppdet.data.fit import fit_scales, object_sizes
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.models.features import (AUTO_PRECISION, auto_precision, check_precision, compute_features,
-                              load_feature_file, save_feature_file)
+from sppdet.config import AUTO_PRECISION
+from sppdet.models.features import (auto_precision, check_precision, compute_features, load_feature_file,
+                                     save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.records import TUNED_TRUNK_RECORD, extract_record, trained_trunk, trained_trunks
 from sppdet.ops.spp import TARGET

@@ -62,7 +62,7 @@ from torch import nn
 from sppdet.models.object_copies import AUGMENTATIONS
 from sppdet.models.backbones import Backbone, WithinChannelLRN, build_backbone
 from sppdet.structures.boxes import iou_matrix
-from sppdet.config import PretrainConfig
+from sppdet.config import WINDOW_SOURCES, PretrainConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
@@ -74,7 +74,6 @@ from sppdet.ops.spp import LEVELS, pooled_dim
 MAX_WARMUP_STEPS = 100
 #: zf5 trains on (BGR - 128) / PIXEL_STD, about unit variance (see CropClassifier).
 PIXEL_STD = 64.0
-WINDOW_SOURCES = ("proposals", "random")
 
 ProposalSource = Callable[[str], np.ndarray]  # image id -> proposals float32 [N, 4]
 

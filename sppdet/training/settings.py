@@ -42,7 +42,7 @@ from sppdet.data.voc import VocDataset
 from sppdet.data.fit import fit_pretrain_epochs, fit_proposals, fit_scales, object_sizes
 from sppdet.errors import ConfigError
 from sppdet.models.features import TARGET_PER_CROP_SIDE
-from sppdet.models.features import AUTO_PRECISION, PRECISIONS
+from sppdet.config import AUTO_PRECISION, PRECISIONS
 from sppdet.training.splits import VAL_FRACTION, TrainingSplits
 from sppdet.models.svm import LAYERS
 from sppdet.ops.views import check_views
