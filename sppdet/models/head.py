@@ -131,6 +131,13 @@ class TrainStats:
         return self.correct / max(self.seen, 1)
 
 
+def lr_factor(epoch: int, epochs: int) -> float:
+    """The learning-rate multiplier of 0-based ``epoch`` of ``epochs``: 1, then 0.1 from the
+    epoch three quarters in (at least the second): one step, as the paper's fine-tuning. The fc
+    head and end-to-end fine-tuning (``sppdet.training.finetune_conv``) both follow it."""
+    return 0.1 if epoch >= max(1, int(np.ceil(epochs * 0.75))) else 1.0
+
+
 def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
                epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
                seed: int = 0, progress: Progress = no_progress) -> list[TrainStats]:
@@ -140,13 +147,11 @@ def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray,
     image). Returns per-epoch stats."""
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    step_epoch = max(1, int(np.ceil(epochs * 0.75)))
     history = []
     head.train()
     for epoch in range(epochs):
-        if epoch == step_epoch:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(epoch, epochs)
         stats = TrainStats()
         for pooled, labels in batches(epoch):
             x, y = torch.from_numpy(pooled), torch.from_numpy(labels)

@@ -264,6 +264,13 @@ def finish_svms(miner: HardNegativeMiner, class_names: Sequence[str], config: Sv
 LAYERS = SVM_LAYERS
 
 
+def svm_feature_id(pooled_hash: str, layer: str, head_id: str | None = None) -> str:
+    """The identity of what SVMs (or box regressors, which read pool5) are trained on, saved
+    with them and checked when they load: the pooled windows' hash, the layer and, for the fc7
+    layers, the fine-tuned head file's hash."""
+    return f"{pooled_hash}:pool5" if layer == "pool5" else f"{pooled_hash}:{layer}:{head_id}"
+
+
 def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:
     """The vectors the SVMs of ``layer`` read, float32 ``[R, F]``, from pooled ``[R, D]``: pool5
     itself, fc7 of ``head`` ``[R, H7]``, or for "pool5+fc7" ``[pool5, fc7_weight * fc7]``."""

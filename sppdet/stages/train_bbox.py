@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sppdet.models.bbox_reg import BboxClassReport, train_bbox_regressors
+from sppdet.models.svm import svm_feature_id
 from sppdet.structures.boxes import iou_matrix
 from sppdet.config import BboxRegConfig
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
@@ -44,7 +45,7 @@ def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegCon
     features; record them. ``memo``: pooled windows kept across runs (``sppdet train``)."""
     start = time.perf_counter()
     source = WindowSource(workdir, split, data_root, method=method, memo=memo)
-    feature_hash = f"{source.feature_hash}:pool5"
+    feature_hash = svm_feature_id(source.feature_hash, "pool5")
     folder = workdir.stage_dir("bbox", config, inputs=source.inputs)
     path = folder / MODEL_FILE
     reports: list[BboxClassReport] = []

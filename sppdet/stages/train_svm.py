@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sppdet.models.svm import LAYERS, svm_features
+from sppdet.models.svm import LAYERS, svm_feature_id, svm_features
 from sppdet.models.object_copies import augmented_windows, check_augmentations
 from sppdet.config import SvmConfig
 from sppdet.data.images import load_bgr
@@ -93,9 +93,9 @@ def layer_head(workdir: WorkDir, source: WindowSource, layer: str):
     if layer not in LAYERS:
         raise ConfigError(f"--layer {layer!r}: choose one of {', '.join(LAYERS)}")
     if layer == "pool5":
-        return None, f"{source.feature_hash}:pool5"
+        return None, svm_feature_id(source.feature_hash, "pool5")
     head, head_id = finetuned_head(workdir, source.feature_hash, source.dim, source.method)
-    return head, f"{source.feature_hash}:{layer}:{head_id}"
+    return head, svm_feature_id(source.feature_hash, layer, head_id)
 
 
 #: SvmConfig fields that only the hard-negative miner and the solver read: configs that differ in

@@ -52,7 +52,7 @@ from torch import nn
 from sppdet.models.backbones import Backbone
 from sppdet.config import FinetuneConfig
 from sppdet.models.features import resize_to_scale
-from sppdet.models.head import FcHead, TrainStats, label_windows, sample_windows
+from sppdet.models.head import FcHead, TrainStats, label_windows, lr_factor, sample_windows
 from sppdet.parallel import Progress, no_progress
 from sppdet.training.pretrain import PIXEL_STD
 from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
@@ -182,7 +182,6 @@ def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], I
     optimizer = torch.optim.SGD([{"params": trunk.parameters(), "lr": lrs[0]},
                                  {"params": head.parameters(), "lr": lrs[1]}],
                                 lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    step_epoch = max(1, int(np.ceil(config.epochs * 0.75)))
     history = []
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -192,7 +191,7 @@ def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], I
         head.train()
         for epoch in range(config.epochs):
             for group, lr in zip(optimizer.param_groups, lrs):
-                group["lr"] = lr * (0.1 if epoch >= step_epoch else 1.0)
+                group["lr"] = lr * lr_factor(epoch, config.epochs)
             stats = TrainStats()
             for batch in _image_groups(images(epoch), config.images_per_batch, progress):
                 total = sum(len(item.labels) for item in batch)

@@ -14,7 +14,7 @@ from sppdet.fileio import file_hash
 from sppdet.models.bbox_reg import BboxRegressor
 from sppdet.models.detector import Detector
 from sppdet.models.head import FcHead, load_head
-from sppdet.models.svm import SvmModel
+from sppdet.models.svm import SvmModel, svm_feature_id
 from sppdet.ops.views import check_views
 from sppdet.parallel import Progress, no_progress
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
@@ -60,7 +60,7 @@ def trained_regressors(workdir: WorkDir, feature_hash: str,
     path = workdir.root / record["model"]
     if not path.is_file():
         raise WorkdirError(f"{path}: recorded by train-bbox but missing; re-run sppdet train-bbox")
-    return BboxRegressor.load(path, feature_hash=f"{feature_hash}:pool5")
+    return BboxRegressor.load(path, feature_hash=svm_feature_id(feature_hash, "pool5"))
 
 
 def load_detector(workdir: WorkDir, feature_hash: str, in_dim: int, config: DetectConfig = DetectConfig(),
@@ -70,10 +70,10 @@ def load_detector(workdir: WorkDir, feature_hash: str, in_dim: int, config: Dete
     of dimension ``in_dim``."""
     record = require_trained(workdir, method)
     layer = record["layer"]
-    head, svm_hash = None, f"{feature_hash}:pool5"
+    head, head_id = None, None
     if layer != "pool5":
         head, head_id = finetuned_head(workdir, feature_hash, in_dim, method)
-        svm_hash = f"{feature_hash}:{layer}:{head_id}"
+    svm_hash = svm_feature_id(feature_hash, layer, head_id)
     svms = trained_svms(workdir, svm_hash, method)
     regressors = trained_regressors(workdir, feature_hash, method) if config.bbox_reg else None
     return Detector(svms.class_names, svms, head, regressors, config, layer)
