@@ -22,7 +22,7 @@ from sppdet.workdir.trained import load_detector
 from sppdet.models.backbones import Backbone, build_backbone
 from sppdet.config import DetectConfig
 from sppdet.data import synth
-from sppdet.stages.extract import rebuild_trunk
+from sppdet.workdir.trained import rebuild_trunk
 from sppdet.workdir.caches import features_dir, features_info
 from sppdet.models.head import FcHead
 from sppdet.ops.spp import LEVELS, pooled_dim

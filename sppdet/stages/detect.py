@@ -61,8 +61,7 @@ from sppdet.workdir.trained import load_detector, require_trained
 from sppdet.vis.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
-from sppdet.stages.extract import STAGE as EXTRACT_STAGE
-from sppdet.stages.extract import rebuild_trunk
+from sppdet.workdir.trained import rebuild_trunk
 from sppdet.models.features import compute_features, load_feature_file, save_feature_file
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
@@ -75,7 +74,7 @@ from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
 from sppdet.ops.views import check_views, view_boxes, view_image
 from sppdet.workdir.window_source import method_features, pooled_feature_hash
 from sppdet.fileio import atomic_save_npy, file_hash
-from sppdet.workdir.records import recorded_views
+from sppdet.workdir.records import EXTRACT_RECORD, recorded_views
 from sppdet.workdir.store import WorkDir
 
 DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
@@ -218,7 +217,7 @@ class ImageDetector:
             levels = self.info.config.levels
         self.device = resolve_device(device)
         self.backbone = rebuild_trunk(work, self.features_folder, self.info,
-                                      stage_key(EXTRACT_STAGE, method))
+                                      stage_key(EXTRACT_RECORD, method))
         features_hash = work.stage_hash(self.features_folder)
         self.levels = levels
         self.dim = pooled_dim(self.info.channels, levels)

@@ -214,38 +214,6 @@ def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str |
                            precision=check_precision(precision), sources=sources, warnings=tuple(warnings))
 
 
-def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -> Backbone:
-    """The trunk that computed the features in ``folder`` (``info``: its ``features_info``, or
-    the R-CNN cache's ``rcnn_info``), built from ``weights_source`` (a weights file; unused when
-    the features came from a random trunk). ``ModelError`` ending in ``remedy`` if the file is
-    gone or the built trunk is not the one recorded (weights hash, channels, stride, offset)."""
-    config = info.config
-    weights = "none"
-    if config.weights != "none":
-        if not weights_source or not Path(weights_source).is_file():
-            raise ModelError(f"{weights_source or folder}: the trunk weights of the features "
-                             f"{folder.name} are missing; restore the file, or {remedy}")
-        weights = weights_source
-    net = build_backbone(config.backbone, config.width, weights, config.seed)
-    if (net.weights_id, net.channels, net.stride, net.offset) != (config.weights, info.channels,
-                                                                   info.stride, info.offset):
-        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
-                         f"is not the one that computed {folder} (weights {config.weights}); "
-                         f"restore the weights file, or {remedy}")
-    return net
-
-
-def rebuild_trunk(workdir: WorkDir, folder: Path, info,
-                  stage: str = STAGE) -> Backbone:
-    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
-    ``sppdet.workdir.caches.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
-    the ``stage`` record (:func:`feature_trunk` checks it)."""
-    record = workdir.config().get("stages", {}).get(stage) or {}
-    source = record.get("weights_source") if record.get("folder") == folder.name else None
-    return feature_trunk(folder, info, source,
-                         "re-run sppdet extract, finetune, train-svm and train-bbox")
-
-
 def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:
     """Scales as sorted, distinct positive ints (so equal sets give the same cache folder)."""
     try:

@@ -45,8 +45,8 @@ from sppdet.models.backbones import resolve_device
 from sppdet.config import FinetuneConfig
 from sppdet.data.images import load_bgr
 from sppdet.errors import ConfigError, WorkdirError
-from sppdet.stages.extract import (STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, feature_trunk,
-                                   prepare_extract_like, run_extract)
+from sppdet.stages.extract import STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, prepare_extract_like, run_extract
+from sppdet.workdir.trained import feature_trunk
 from sppdet.workdir.caches import features_dir, features_info
 from sppdet.training.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.models.head import FcHead, iterate_minibatches, load_head, save_head, train_head

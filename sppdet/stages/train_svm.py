@@ -45,7 +45,7 @@ from sppdet.models.object_copies import augmented_windows, check_augmentations
 from sppdet.config import SvmConfig
 from sppdet.data.images import load_bgr
 from sppdet.errors import ConfigError, ModelError
-from sppdet.stages.extract import rebuild_trunk
+from sppdet.workdir.trained import rebuild_trunk
 from sppdet.workdir.trained import finetuned_head
 from sppdet.models.head import fc7_features
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key

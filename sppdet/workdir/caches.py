@@ -135,7 +135,7 @@ def load_features(folder: str | os.PathLike, image_id: str, view: str | None = N
 @dataclass(frozen=True)
 class RcnnInfo:
     """What an R-CNN features folder holds: its config and the trunk's geometry and channels
-    (the fields ``sppdet.stages.detect.rebuild_trunk`` checks, as ``FeaturesInfo``)."""
+    (the fields ``sppdet.workdir.trained.rebuild_trunk`` checks, as ``FeaturesInfo``)."""
 
     config: RcnnConfig
     stride: int

@@ -1,4 +1,5 @@
-"""The models a work directory's stages trained, loaded and checked against the features they read.
+"""The models a work directory's stages trained (and the trunk that computed its features),
+loaded and checked against the features they read.
 
 ``train-svm``, ``train-bbox`` and ``finetune`` record their models in ``config.json``; these
 functions find them (per ``--method``, ``sppdet.workdir.methods``), refuse models trained on other
@@ -7,10 +8,13 @@ features, and assemble the detector (``sppdet.models.detector``) or run it over 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sppdet.config import DetectConfig
 from sppdet.errors import ModelError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
 from sppdet.fileio import file_hash
+from sppdet.models.backbones import Backbone, build_backbone
 from sppdet.models.bbox_reg import BboxRegressor
 from sppdet.models.detector import Detector
 from sppdet.models.head import FcHead, load_head
@@ -18,7 +22,7 @@ from sppdet.models.svm import SvmModel, svm_feature_id
 from sppdet.ops.views import check_views
 from sppdet.parallel import Progress, no_progress
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
-from sppdet.workdir.records import BBOX_RECORD, FINETUNE_RECORD, SVM_RECORD
+from sppdet.workdir.records import BBOX_RECORD, EXTRACT_RECORD, FINETUNE_RECORD, SVM_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.window_source import WindowSource
 
@@ -109,3 +113,35 @@ def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConf
                                               (annotation.height, annotation.width), views)
         progress(1)
     return Detections.from_images(per_image)
+
+
+def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info``: its ``features_info``, or
+    the R-CNN cache's ``rcnn_info``), built from ``weights_source`` (a weights file; unused when
+    the features came from a random trunk). ``ModelError`` ending in ``remedy`` if the file is
+    gone or the built trunk is not the one recorded (weights hash, channels, stride, offset)."""
+    config = info.config
+    weights = "none"
+    if config.weights != "none":
+        if not weights_source or not Path(weights_source).is_file():
+            raise ModelError(f"{weights_source or folder}: the trunk weights of the features "
+                             f"{folder.name} are missing; restore the file, or {remedy}")
+        weights = weights_source
+    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    if (net.weights_id, net.channels, net.stride, net.offset) != (config.weights, info.channels,
+                                                                   info.stride, info.offset):
+        raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
+                         f"is not the one that computed {folder} (weights {config.weights}); "
+                         f"restore the weights file, or {remedy}")
+    return net
+
+
+def rebuild_trunk(workdir: WorkDir, folder: Path, info,
+                  stage: str = EXTRACT_RECORD) -> Backbone:
+    """The trunk that computed the features in ``folder`` (``info = features_info(folder)``, or
+    ``sppdet.workdir.caches.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
+    the ``stage`` record (:func:`feature_trunk` checks it)."""
+    record = workdir.config().get("stages", {}).get(stage) or {}
+    source = record.get("weights_source") if record.get("folder") == folder.name else None
+    return feature_trunk(folder, info, source,
+                         "re-run sppdet extract, finetune, train-svm and train-bbox")
