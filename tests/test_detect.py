@@ -26,7 +26,8 @@ from sppdet.models.features import compute_features
 from sppdet.ops.spp import pool_windows
 from sppdet.vis.draw import PALETTE, class_colour, draw_detections, line_thickness, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, WorkdirError
-from sppdet.stages.extract import prepare_extract, rebuild_trunk, run_extract
+from sppdet.stages.extract import prepare_extract, run_extract
+from sppdet.workdir.trained import rebuild_trunk
 from sppdet.workdir.caches import feature_path, features_dir, features_info
 from sppdet.stages.finetune import run_finetune
 from sppdet.workdir.trained import finetuned_head
