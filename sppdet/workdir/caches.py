@@ -48,15 +48,31 @@ def read_valid(path: str | os.PathLike) -> np.ndarray | None:
     return boxes
 
 
+def _recorded_folder(workdir: str | os.PathLike | WorkDir | None, record_name: str, missing: str) -> Path:
+    """The folder the ``record_name`` record names; ``WorkdirError`` "<root>: ``missing``" if
+    there is no such record or folder."""
+    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    record = work.config().get("stages", {}).get(record_name)
+    folder = work.root / record["folder"] if record else None
+    if folder is None or not folder.is_dir():
+        raise WorkdirError(f"{work.root}: {missing}")
+    return folder
+
+
+def _info_file(folder: str | os.PathLike, remedy: str) -> tuple[dict, dict]:
+    """(the info file's JSON, its "config" with lists as tuples) of a features folder;
+    ``WorkdirError`` ending in ``remedy`` if the file is missing."""
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise WorkdirError(f"{path}: not found; {remedy}")
+    data = read_json(path)
+    return data, {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
+
+
 def proposals_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
     """The proposals folder of the last ``sppdet propose`` in this work directory
     (``WorkdirError`` if there is none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(PROPOSE_RECORD)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no proposals; run sppdet propose first")
-    return folder
+    return _recorded_folder(workdir, PROPOSE_RECORD, "no proposals; run sppdet propose first")
 
 
 def load_proposals(source: str | os.PathLike | WorkDir | None, image_id: str) -> np.ndarray:
@@ -99,21 +115,12 @@ def feature_path(folder: Path, image_id: str, view: str | None = None) -> Path:
 def features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
     """The features folder of the last ``sppdet extract`` in this work directory
     (``WorkdirError`` if there is none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(EXTRACT_RECORD)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no conv features; run sppdet extract first")
-    return folder
+    return _recorded_folder(workdir, EXTRACT_RECORD, "no conv features; run sppdet extract first")
 
 
 def features_info(folder: str | os.PathLike) -> FeaturesInfo:
     """The config and geometry (stride, offset, channels) of a features folder."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise WorkdirError(f"{path}: not found; run sppdet extract first")
-    data = read_json(path)
-    config = dict(data["config"], scales=tuple(data["config"]["scales"]))
+    data, config = _info_file(folder, "run sppdet extract first")
     return FeaturesInfo(config=ExtractConfig(**config), stride=int(data["stride"]),
                         offset=float(data["offset"]), channels=int(data["channels"]))
 
@@ -170,21 +177,12 @@ def read_cached(folder: str | os.PathLike, image_id: str, dim: int) -> tuple[np.
 
 def rcnn_features_dir(workdir: str | os.PathLike | WorkDir | None = None) -> Path:
     """The folder of the last ``sppdet extract --method rcnn`` (``WorkdirError`` if none)."""
-    work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-    record = work.config().get("stages", {}).get(RCNN_RECORD)
-    folder = work.root / record["folder"] if record else None
-    if folder is None or not folder.is_dir():
-        raise WorkdirError(f"{work.root}: no R-CNN window features; run sppdet extract --method rcnn first")
-    return folder
+    return _recorded_folder(workdir, RCNN_RECORD, "no R-CNN window features; run sppdet extract --method rcnn first")
 
 
 def rcnn_info(folder: str | os.PathLike) -> RcnnInfo:
     """The config and trunk geometry of an R-CNN features folder."""
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
-        raise WorkdirError(f"{path}: not found; run sppdet extract --method rcnn first")
-    data = read_json(path)
-    config = dict(data["config"], levels=tuple(data["config"]["levels"]))
+    data, config = _info_file(folder, "run sppdet extract --method rcnn first")
     return RcnnInfo(config=RcnnConfig(**config), stride=int(data["stride"]),
                     offset=float(data["offset"]), channels=int(data["channels"]))
 
