@@ -71,6 +71,10 @@ class Preprocessing:
 
 
 ZF5_PREPROCESSING = Preprocessing("BGR", (128.0, 128.0, 128.0), (1.0, 1.0, 1.0))
+#: Raw-pixel trunks (zf5: BGR - 128, no std) train on inputs divided by this, about unit variance,
+#: what Kaiming initialisation assumes; the factor is folded into the first conv when saved.
+PIXEL_STD = 64.0
+
 IMAGENET_PREPROCESSING = Preprocessing(
     "RGB", (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255))
 
@@ -103,6 +107,20 @@ class Backbone:
         if (scale != 1).any():
             hwc *= scale
         return torch.from_numpy(hwc).permute(2, 0, 1).to(device)
+
+    @property
+    def training_input_scale(self) -> float:
+        """What training multiplies the preprocessed input by: ``1 / PIXEL_STD`` for raw-pixel
+        trunks (std 1, such as zf5), else 1. ``sppdet.training.pretrain`` and
+        ``sppdet.training.finetune_conv`` both train in this parametrisation and fold the factor
+        into the first conv (:func:`first_conv_name`) when they save the plain trunk."""
+        raw_pixels = self.preprocessing.std == (1.0, 1.0, 1.0)
+        return 1.0 / PIXEL_STD if raw_pixels else 1.0
+
+
+def first_conv_name(trunk: nn.Module) -> str:
+    """The name of ``trunk``'s first ``nn.Conv2d`` (where an input scale folds in)."""
+    return next(name for name, module in trunk.named_modules() if isinstance(module, nn.Conv2d))
 
 
 class WithinChannelLRN(nn.Module):

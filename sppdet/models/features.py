@@ -36,6 +36,7 @@ import torch
 
 from sppdet.config import PRECISIONS
 from sppdet.models.backbones import Backbone
+from sppdet.ops.spp import scale_factors
 from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.fileio import atomic_save_npz
 
@@ -110,18 +111,17 @@ def compute_features(backbone: Backbone, bgr_image: np.ndarray, scales: Sequence
     device = torch.device(device)
     # channels-last runs convs, pools and the LRN ~1.7x faster on CPU (oneDNN) than NCHW
     trunk = backbone.trunk.to(device, memory_format=torch.channels_last).eval()
-    maps, factors = [], []
+    maps = []
     with torch.inference_mode(), trunk_precision(precision, device):
         for scale in scales:
-            resized, factor = resize_to_scale(bgr_image, int(scale))
+            resized, _ = resize_to_scale(bgr_image, int(scale))
             image = backbone.preprocess(resized, device)[None]
             output = trunk(image)[0].float().half().contiguous()
             if not torch.isfinite(output).all():
                 raise ModelError(f"{backbone.name} weights ({backbone.weights_source}) give conv5 values "
                                  f"that are not finite in float16 at scale {scale}; they are badly scaled")
             maps.append(output.cpu().numpy())
-            factors.append(factor)
-    return maps, np.asarray(factors, dtype=np.float32)
+    return maps, scale_factors(bgr_image.shape[:2], scales)
 
 
 def save_feature_file(path: str | os.PathLike, maps: Sequence[np.ndarray], scale_factors,

@@ -33,7 +33,7 @@ import torch
 from sppdet.models.backbones import Backbone
 from sppdet.errors import ConfigError
 from sppdet.models.features import resize_to_scale, trunk_precision
-from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
+from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, scale_factors, spp_pool
 from sppdet.ops.views import transform_boxes, transform_image
 
 #: Context around each object in the resized image, 4 conv5 cells of a stride-16 trunk: on the
@@ -125,7 +125,7 @@ def pooled_copies(backbone: Backbone, bgr: np.ndarray, boxes: np.ndarray, copies
     if not len(owner):
         return out, owner
     first = np.r_[0, np.cumsum([len(c) for c in copies])]
-    factors = (np.asarray(scales, np.float64) / min(bgr.shape[:2])).astype(np.float32)
+    factors = scale_factors(bgr.shape[:2], scales)
     choice = choose_scales(boxes, factors, target).numpy()
     trunk = backbone.trunk.to(device, memory_format=torch.channels_last).eval()
     for s in np.unique(choice):

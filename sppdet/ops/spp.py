@@ -85,6 +85,15 @@ def project_boxes(boxes, stride: float, offset: float, map_hw: tuple[int, int]) 
     return torch.cat([low, high], dim=1)
 
 
+def scale_factors(image_hw, scales) -> np.ndarray:
+    """float32 ``[S]``: the resize factor ``f = s / min(H, W)`` of each extract scale (shorter
+    side ``s``) for an image of ``image_hw`` (H, W), rounded to float32 as the feature cache stores
+    it. Everything that routes windows among scales computes the factors here, so a window goes to
+    the same scale in extraction, fine-tuning and object copies."""
+    shorter = min(int(image_hw[0]), int(image_hw[1]))
+    return (np.asarray(scales, dtype=np.float64).reshape(-1) / shorter).astype(np.float32)
+
+
 def choose_scales(boxes, scale_factors, target: float = TARGET) -> torch.Tensor:
     """Per window, int64 ``[R]``: the scale whose scaled area is closest to ``target ** 2``.
 

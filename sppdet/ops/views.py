@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from sppdet.ops.spp import LEVELS, TARGET, pool_windows
 from sppdet.structures.boxes import mirror_boxes
 from sppdet.errors import ConfigError
 
@@ -62,6 +64,18 @@ def view_boxes(boxes: np.ndarray, image_hw: tuple[int, int], view: str) -> np.nd
     """Boxes float64 ``[N, 4]`` of an image of ``image_hw`` = (H, W), moved into ``view`` (each
     view is its own inverse)."""
     return transform_boxes(boxes, image_hw, *VIEWS[view])
+
+
+def pool_view_windows(maps: Sequence, scale_factors, image_hw: tuple[int, int], boxes: np.ndarray,
+                      view: str | None, stride: float, offset: float, levels: Sequence[int] = LEVELS,
+                      target: float = TARGET, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Pooled windows float32 ``[R, D]`` of ``boxes`` float ``[R, 4]`` (x1, y1, x2, y2, pixels of the
+    original image of ``image_hw``) as seen in ``view`` of the image, from that view's feature maps
+    and scale factors (``view`` None: the image's own). The one rule training's val scores and
+    ``sppdet detect`` both pool test-time views by: each box moved into the view, then
+    ``sppdet.ops.spp.pool_windows``."""
+    windows = view_boxes(boxes, image_hw, view) if view else boxes
+    return pool_windows(maps, scale_factors, windows, stride, offset, levels, target=target, device=device)
 
 
 def delta_signs(view: str) -> np.ndarray:

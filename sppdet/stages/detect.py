@@ -70,8 +70,8 @@ from sppdet.workdir.caches import read_valid
 from sppdet.models.selective_search import selective_search
 from sppdet.stages.extract_rcnn import cached_rcnn_features
 from sppdet.evaluation.results_io import write_coco_json
-from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
-from sppdet.ops.views import check_views, view_boxes, view_image
+from sppdet.ops.spp import LEVELS, pooled_dim
+from sppdet.ops.views import check_views, pool_view_windows, view_image
 from sppdet.workdir.window_source import method_features, pooled_feature_hash
 from sppdet.fileio import atomic_save_npy, file_hash
 from sppdet.workdir.records import EXTRACT_RECORD, recorded_views
@@ -280,9 +280,9 @@ class ImageDetector:
         maps, factors, computed = self._features(bgr, key, image, view)
         if not len(proposals):
             return np.zeros((0, self.dim), np.float32), computed
-        windows = view_boxes(proposals, bgr.shape[:2], view) if view else proposals
-        return pool_windows(maps, factors, windows, self.info.stride, self.info.offset, self.levels,
-                            target=self.info.config.target, device=self.device).cpu().numpy(), computed
+        return pool_view_windows(maps, factors, bgr.shape[:2], proposals, view, self.info.stride,
+                                 self.info.offset, self.levels, target=self.info.config.target,
+                                 device=self.device).cpu().numpy(), computed
 
     def detect(self, path: str | os.PathLike) -> tuple[np.ndarray, ImageResult]:
         """Detect in one image file: (its uint8 BGR [H, W, 3], its ``ImageResult`` without an

@@ -26,10 +26,11 @@ Choices:
       reached a lower training loss than x1 or a frozen trunk, docs/decisions.md). Both rates drop 10x
       for the last quarter of the epochs, as ``sppdet.models.head.train_head``. SGD momentum 0.9, weight
       decay 5e-4 on every parameter, dropout in the head only.
-    * Raw-pixel trunks (zf5: BGR - 128, no std) train on inputs divided by ``PIXEL_STD`` (64) with
-      conv1's weights multiplied by it (:class:`TrainableTrunk`), the parametrisation
-      ``sppdet pretrain`` trained them in: the function is unchanged, but SGD on the plain weights
-      would move conv1 64^2 times too fast relative to its size. The factor is folded back when
+    * Raw-pixel trunks (zf5: BGR - 128, no std) train on inputs divided by 64
+      (``Backbone.training_input_scale``) with conv1's weights multiplied by it
+      (:class:`TrainableTrunk`), the parametrisation ``sppdet pretrain`` trained them in: the
+      function is unchanged, but SGD on the plain weights would move conv1 64^2 times too fast
+      relative to its size. The factor is folded back when
       the trunk is saved, so the file is a plain trunk state dict like ``pretrain``'s trunk.pt.
     * No batch norm: the saved trunk is plain, and batches of 1-2 whole images make its
       statistics useless.
@@ -49,13 +50,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sppdet.models.backbones import Backbone
+from sppdet.models.backbones import Backbone, first_conv_name
 from sppdet.config import FinetuneConfig
 from sppdet.models.features import resize_to_scale
 from sppdet.models.head import FcHead, TrainStats, label_windows, lr_factor, sample_windows
 from sppdet.parallel import Progress, no_progress
-from sppdet.training.pretrain import PIXEL_STD
-from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, spp_pool
+from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, scale_factors, spp_pool
 from sppdet.workdir.window_source import WindowSource
 
 
@@ -87,17 +87,15 @@ def sampled_windows(source: WindowSource, config: FinetuneConfig,
 
 class TrainableTrunk(nn.Module):
     """A copy of ``backbone.trunk`` in the parametrisation it is trained in: input multiplied by
-    ``input_scale`` (1 / PIXEL_STD for raw-pixel trunks, else 1), first conv's weights divided by
+    ``input_scale`` (``Backbone.training_input_scale``), first conv's weights divided by
     it, so ``forward`` computes the same conv5 maps ``[N, C, H', W']`` of preprocessed
     ``[N, 3, H, W]`` as the plain trunk."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.trunk = copy.deepcopy(backbone.trunk)
-        raw_pixels = backbone.preprocessing.std == (1.0, 1.0, 1.0)
-        self.input_scale = 1.0 / PIXEL_STD if raw_pixels else 1.0
-        self.first = next(name for name, module in self.trunk.named_modules()
-                          if isinstance(module, nn.Conv2d))
+        self.input_scale = backbone.training_input_scale
+        self.first = first_conv_name(self.trunk)
         with torch.no_grad():
             self.trunk.get_submodule(self.first).weight.div_(self.input_scale)
 
@@ -125,8 +123,7 @@ def pooled_windows(trunk: nn.Module, backbone: Backbone, bgr: np.ndarray, boxes:
     ``sppdet.ops.spp.pool_windows`` would pool it on this image's cached features (module docstring).
     """
     boxes64 = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
-    # resize_to_scale's factors, rounded to float32 as sppdet.models.features stores them
-    factors = (np.asarray(scales, np.float64) / min(bgr.shape[:2])).astype(np.float32)
+    factors = scale_factors(bgr.shape[:2], scales)
     choice = choose_scales(boxes64, factors, target)
     parts, order = [], []
     for s in torch.unique(choice).tolist():

@@ -72,9 +72,6 @@ from sppdet.models.crops import CROP_SIZE, pool_maps, warp_crops
 from sppdet.ops.spp import LEVELS, pooled_dim
 
 MAX_WARMUP_STEPS = 100
-#: zf5 trains on (BGR - 128) / PIXEL_STD, about unit variance (see CropClassifier).
-PIXEL_STD = 64.0
-
 ProposalSource = Callable[[str], np.ndarray]  # image id -> proposals float32 [N, 4]
 
 
@@ -160,14 +157,13 @@ class EpochStats:
 def new_classifier(config: PretrainConfig, num_classes: int) -> tuple[CropClassifier, Backbone]:
     """A freshly initialised classifier (seeded by ``config.seed``) for ``num_classes`` classes
     and its backbone: ``build_backbone(config.backbone, config.width, "none", seed)``, the training
-    input scale of :class:`CropClassifier` (1 / PIXEL_STD for raw-pixel trunks such as zf5) and an
+    input scale of :class:`CropClassifier` (``Backbone.training_input_scale``) and an
     ``FcHead`` of ``config.hidden``."""
     backbone = build_backbone(config.backbone, config.width, "none", config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = FcHead(pooled_dim(backbone.channels), config.hidden, num_classes, config.dropout)
-        raw_pixels = backbone.preprocessing.std == (1.0, 1.0, 1.0)  # zf5, not ImageNet-normalised
-        model = CropClassifier(backbone, head, input_scale=1.0 / PIXEL_STD if raw_pixels else 1.0,
+        model = CropClassifier(backbone, head, input_scale=backbone.training_input_scale,
                                batch_norm=config.batch_norm, skip_lrn=config.batch_norm)
     return model, backbone
 

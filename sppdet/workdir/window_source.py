@@ -26,9 +26,9 @@ from sppdet.workdir.caches import features_dir, features_info, load_features
 from sppdet.workdir.methods import DEFAULT_METHOD, check_method
 from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.workdir.caches import lookup_pooled, rcnn_features_dir, rcnn_info
-from sppdet.ops.spp import LEVELS, pool_windows, pooled_dim
+from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.workdir.store import WorkDir
-from sppdet.ops.views import view_boxes
+from sppdet.ops.views import pool_view_windows
 from sppdet.structures.image_windows import ImageWindows, estimate_feature_scale, make_image_windows
 
 
@@ -158,10 +158,9 @@ class WindowSource:
         if key is not None and (kept := self.memo.get(key)) is not None:
             return kept
         cached = load_features(self.features_folder, image_id, view)
-        if view:
-            boxes = view_boxes(boxes, tuple(cached.image_hw), view)
-        pooled = pool_windows(cached.maps, cached.scale_factors, boxes, self.info.stride,
-                              self.info.offset, levels=self.levels, target=self.info.config.target).numpy()
+        pooled = pool_view_windows(cached.maps, cached.scale_factors, tuple(cached.image_hw), boxes, view,
+                                   self.info.stride, self.info.offset, self.levels,
+                                   target=self.info.config.target).numpy()
         if key is not None:
             self.memo.put(key, pooled)
         return pooled
