@@ -8,7 +8,7 @@
 The only setting given is a property of the data: the shapes keep their class when mirrored,
 turned or recoloured (``--augment``); everything else is ``sppdet train``'s defaults, its rules
 that follow the data and its choices on the validation split (``sppdet.training.settings``,
-``sppdet.stages.train_selection``). Each command runs in this one process through the click group the console
+``sppdet.pipelines.selection``). Each command runs in this one process through the click group the console
 script calls (``cli.main.cli``), which saves a ~6 s torch import per command. A second run finds
 every cache and finishes in seconds. Writes ``<workdir>/demo-times.json`` (seconds per command and
 per training step, val and test mAP) and prints a table.

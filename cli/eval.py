@@ -65,7 +65,7 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
 
     Example: sppdet eval --data data/VOC2007 --split test --detections results/ --json ap.json
     """
-    from sppdet.stages.split_caches import ensure_split_caches
+    from sppdet.pipelines.split_caches import ensure_split_caches
     from sppdet.vis.pr_curves import plot_results
     from sppdet.workdir.trained import detect_split, require_trained
     with library_errors():

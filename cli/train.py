@@ -1,5 +1,5 @@
 """``sppdet train``: propose -> pretrain -> extract -> finetune -> train-svm -> train-bbox in one
-command, every data-dependent choice made on a validation split (``sppdet.stages.train``)."""
+command, every data-dependent choice made on a validation split (``sppdet.pipelines.train``)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print
 
     Example: sppdet train --data data/VOC2007 && sppdet eval --split test
     """
-    from sppdet.stages.train import prepare_train, run_train
+    from sppdet.pipelines.train import prepare_train, run_train
 
     with library_errors():
         plan = prepare_train(workdir, data_root, config_file, augment, val_fraction, device, pretrain_minutes)

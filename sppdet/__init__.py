@@ -30,8 +30,8 @@ _EXPORTS = {
     "spp_pool": "sppdet.ops.spp",  # the pyramid pooling of windows on one conv map
     "pool_windows": "sppdet.ops.spp",
     "build_backbone": "sppdet.models.backbones",
-    "run_train": "sppdet.stages.train",  # what `sppdet train` runs
-    "prepare_train": "sppdet.stages.train",
+    "run_train": "sppdet.pipelines.train",  # what `sppdet train` runs
+    "prepare_train": "sppdet.pipelines.train",
 }
 __all__ = ["__version__", *_EXPORTS]
 

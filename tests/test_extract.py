@@ -17,7 +17,8 @@ from cli.extract import extract
 from sppdet.models.backbones import build_backbone
 from sppdet.data.voc import Annotation, write_annotation, write_split
 from sppdet.errors import ConfigError, ModelError, WorkdirError
-from sppdet.stages.extract import prepare_extract, resolve_target, resolve_weights, run_extract
+from sppdet.stages.extract import prepare_extract, resolve_target, run_extract
+from sppdet.workdir.records import resolve_weights
 from sppdet.workdir.caches import feature_path, features_dir, features_info, load_features
 from sppdet.models.features import compute_features, load_feature_file, resize_to_scale, save_feature_file
 from sppdet.fileio import file_hash

@@ -14,7 +14,8 @@ from sppdet.models.backbones import build_backbone, load_trunk_weights
 from sppdet.config import FinetuneConfig, ProposeConfig
 from sppdet.data.voc import write_split
 from sppdet.errors import ConfigError
-from sppdet.stages.extract import TRUNK_RECORD, prepare_extract, resolve_weights, run_extract
+from sppdet.stages.extract import TRUNK_RECORD, prepare_extract, run_extract
+from sppdet.workdir.records import resolve_weights
 from sppdet.workdir.caches import features_dir, features_info, load_features
 from sppdet.training.finetune_conv import TrainingImage, TrainableTrunk, pooled_windows, train_end_to_end
 from sppdet.stages.finetune import run_finetune

@@ -2,8 +2,9 @@
 
 Each package of ``sppdet`` may import only from its own layer and the layers before it, so the
 folders show the architecture: foundation -> structures, ops -> data -> evaluation, vis ->
-models -> workdir -> training -> stages -> bench. ``click`` and ``rich`` belong to ``cli/``;
-the library never renders anything.
+models -> workdir -> training -> stages -> pipelines -> bench. ``click`` and ``rich`` belong to
+``cli/``; the library never renders anything. Within ``stages/`` (one module per command) no
+stage imports another: what chains stages lives in ``pipelines/``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ LAYERS = [
     {"workdir"},
     {"training"},
     {"stages"},
+    {"pipelines"},
     {"bench"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
@@ -73,3 +75,20 @@ def test_imports_follow_the_layer_order():
     assert not new, "imports against the layer order:\n" + "\n".join(f"{a} -> {b}" for a, b in new)
     gone = sorted(KNOWN - found)
     assert not gone, "fixed, remove from KNOWN:\n" + "\n".join(f"{a} -> {b}" for a, b in gone)
+
+
+#: Stage -> stage imports allowed, each with its reason; the test fails on any other.
+STAGE_TO_STAGE = {
+    # finetune --train-conv trains the trunk, then recomputes the split's features with it, and
+    # records the new trunk only once they exist (so an interrupted run resumes): one command.
+    ("stages/finetune.py", "sppdet.stages.extract"),
+}
+
+
+def test_no_stage_imports_another_stage():
+    found = set()
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        for module in _imports(path):
+            if module.startswith("sppdet.stages.") and module != f"sppdet.stages.{path.stem}":
+                found.add((str(path.relative_to(PACKAGE)), module))
+    assert found == STAGE_TO_STAGE, f"stage -> stage imports: {sorted(found ^ STAGE_TO_STAGE)}"

@@ -18,7 +18,7 @@ from sppdet.structures.boxes import iou_matrix
 from sppdet.config import PretrainConfig
 from sppdet.data.voc import Annotation, VocDataset, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
-from sppdet.stages.extract import resolve_weights
+from sppdet.workdir.records import resolve_weights
 from sppdet.models.head import FcHead, load_head
 from sppdet.training.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
                                       new_classifier, pretrain_windows)

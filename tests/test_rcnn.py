@@ -24,7 +24,7 @@ from sppdet.errors import ConfigError, ModelError, WorkdirError
 from sppdet.workdir.trained import finetuned_head
 from sppdet.workdir.methods import stage_key
 from sppdet.models.crops import context_boxes, pool_maps, rcnn_pooled, warp_crops
-from sppdet.stages.extract_rcnn import compute_rcnn_features
+from sppdet.models.crops import compute_rcnn_features
 from sppdet.workdir.caches import box_rows, rcnn_features_dir, rcnn_info
 from sppdet.ops.spp import pooled_dim, spp_pool
 from sppdet.workdir.store import WorkDir

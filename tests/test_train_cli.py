@@ -110,7 +110,7 @@ def test_print_config_is_toml_and_a_bad_config_is_one_line(trained, tmp_path):
 def test_a_pretraining_budget_cuts_epochs_once_and_is_remembered(trained, monkeypatch):
     import dataclasses
 
-    import sppdet.stages.train as train_stage
+    import sppdet.pipelines.train as train_stage
     from sppdet.config import PretrainConfig
     from sppdet.stages.pretrain import prepare_pretrain
     from sppdet.workdir.store import WorkDir

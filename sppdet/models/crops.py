@@ -43,7 +43,8 @@ from torchvision.ops import roi_align
 
 from sppdet.models.backbones import Backbone
 from sppdet.structures.boxes import as_boxes
-from sppdet.errors import ConfigError
+from sppdet.config import RcnnConfig
+from sppdet.errors import ConfigError, ModelError
 from sppdet.ops.spp import LEVELS, pooled_dim
 
 #: R-CNN's context padding, in pixels of the warped crop (paper appendix A: p = 16).
@@ -130,3 +131,15 @@ def rcnn_pooled(trunk: Backbone, image_bgr: np.ndarray, boxes, levels: Sequence[
             maps = net(crops.contiguous(memory_format=torch.channels_last))
             out[first:first + len(crops)] = pool_maps(maps, levels).float().cpu().numpy()
     return out
+
+
+def compute_rcnn_features(backbone: Backbone, bgr: np.ndarray, boxes, config: RcnnConfig,
+                          batch: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
+    """float16 ``[R, D]`` R-CNN vectors of ``boxes`` float32 ``[R, 4]`` (``sppdet.structures.boxes``) in
+    uint8 BGR ``[H, W, 3]``; ``ModelError`` if a value overflows float16 (badly scaled weights)."""
+    pooled = rcnn_pooled(backbone, bgr, boxes, config.levels, config.crop_size, config.context,
+                         batch, device).astype(np.float16)
+    if not np.isfinite(pooled).all():
+        raise ModelError(f"{backbone.name} weights ({backbone.weights_source}) give conv5 values "
+                         "that are not finite in float16; they are badly scaled")
+    return pooled

@@ -59,7 +59,7 @@ class Detector:
         and box deltas are then the mean over the image and its views, each view's deltas turned
         back by ``delta_signs``; a window stays where it is, so NMS and everything after it are
         unchanged. Each view raised the demo's mAP (docs/decisions.md); which views suit a dataset
-        is chosen on its validation split (``sppdet.stages.train_selection``).
+        is chosen on its validation split (``sppdet.pipelines.selection``).
         """
         scores = self.score(pooled)
         for _, seen in views:

@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 
 from sppdet.models.backbones import resolve_device
-from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig, ProposeConfig
+from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
 from sppdet.workdir.trained import load_detector, require_trained
 from sppdet.vis.draw import draw_detections, write_image
@@ -65,16 +65,15 @@ from sppdet.workdir.trained import rebuild_trunk
 from sppdet.models.features import compute_features, load_feature_file, save_feature_file
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
-from sppdet.stages.propose import STAGE as PROPOSE_STAGE
 from sppdet.workdir.caches import read_valid
 from sppdet.models.selective_search import selective_search
-from sppdet.stages.extract_rcnn import cached_rcnn_features
+from sppdet.workdir.caches import cached_rcnn_features
 from sppdet.evaluation.results_io import write_coco_json
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.ops.views import check_views, pool_view_windows, view_image
 from sppdet.workdir.window_source import method_features, pooled_feature_hash
 from sppdet.fileio import atomic_save_npy, file_hash
-from sppdet.workdir.records import EXTRACT_RECORD, recorded_views
+from sppdet.workdir.records import EXTRACT_RECORD, recorded_propose_config, recorded_views
 from sppdet.workdir.store import WorkDir
 
 DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
@@ -183,16 +182,6 @@ def check_names(paths: Sequence[Path], out_dir: Path | None) -> None:
         if out_dir is not None and (Path(out_dir) / annotated_name(path)).resolve() == path.resolve():
             raise ConfigError(f"--out {out_dir}: the annotated copy would overwrite the input {path}; "
                               "choose another --out")
-
-
-def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
-    """The ``ProposeConfig`` of the work directory's last ``propose`` run."""
-    record = workdir.config().get("stages", {}).get(PROPOSE_STAGE)
-    try:
-        return ProposeConfig(**record["config"])
-    except (TypeError, KeyError):
-        raise WorkdirError(f"{workdir.config_path}: no usable propose record; run sppdet propose "
-                           "(then extract, finetune, train-svm, train-bbox) again") from None
 
 
 class ImageDetector:

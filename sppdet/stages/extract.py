@@ -59,9 +59,11 @@ from sppdet.config import AUTO_PRECISION
 from sppdet.models.features import (auto_precision, check_precision, compute_features, load_feature_file,
                                      save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
-from sppdet.workdir.records import TUNED_TRUNK_RECORD, extract_record, trained_trunk, trained_trunks
+from sppdet.workdir.records import (DEFAULT_BACKBONE, DEFAULT_WIDTH, TUNED_TRUNK_RECORD, extract_record,
+                                    trained_trunk, trained_trunks)
 from sppdet.ops.spp import TARGET
 from sppdet.fileio import atomic_write_json
+from sppdet.workdir.caches import ExtractSummary
 from sppdet.workdir.records import EXTRACT_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.ops.views import check_views, view_image
@@ -69,8 +71,6 @@ from sppdet.ops.views import check_views, view_image
 STAGE = EXTRACT_RECORD
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
 TRUNK_RECORD = TUNED_TRUNK_RECORD
-DEFAULT_BACKBONE = "zf5"
-DEFAULT_WIDTH = 1.0
 FOLDER_STAGE = "features"
 
 
@@ -89,37 +89,10 @@ class ExtractJob:
     settings: "ExtractSettings | None" = None  # how each setting was chosen (flag, recorded, data)
 
 
-@dataclass(frozen=True)
-class ExtractSummary:
-    """What a run did: images of the shard, how many were computed or already cached, the time,
-    and the size of the whole cache folder in bytes."""
-
-    folder: Path
-    images: int
-    computed: int
-    skipped: int
-    seconds: float
-    cache_bytes: int
-    weights: str
-    device: str
-
-
-def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
-                    width: float) -> str:
-    """``weights`` if given; else the fine-tuned, then the pretrained trunk recorded for this
-    backbone and width (see the module docstring); else ``"none"``."""
-    if weights is not None:
-        return str(weights)
-    for trunk in trained_trunks(workdir):
-        if trunk.backbone == backbone and trunk.width == width:
-            return str(trunk.weights)
-    return "none"
-
-
 def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
-    """``target`` if given; else, when ``weights`` (as resolved by :func:`resolve_weights`) is the
-    trunk of ``sppdet pretrain`` or one fine-tuned from it, ``TARGET_PER_CROP_SIDE`` times the
-    largest crop side it was trained on; else the paper's 224 (``sppdet.ops.spp.TARGET``)."""
+    """``target`` if given; else, when ``weights`` (as ``sppdet.workdir.records.resolve_weights``
+    resolves them) is the trunk of ``sppdet pretrain`` or one fine-tuned from it,
+    ``TARGET_PER_CROP_SIDE`` times the largest crop side it was trained on; else the paper's 224 (``sppdet.ops.spp.TARGET``)."""
     if target is not None:
         if int(target) < 1:
             raise ConfigError(f"--target {target}: must be a positive number of pixels")

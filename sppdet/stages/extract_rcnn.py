@@ -19,7 +19,7 @@ when both are valid and agree. Re-running skips done images; ``--shard i/n`` doe
 One process: the trunk already uses every core. Records ``config.json["stages"]["extract:rcnn"]``
 (``sppdet.workdir.methods``) so later stages find the folder via :func:`rcnn_features_dir`.
 
-Default weights: as ``sppdet extract`` (``sppdet.stages.extract.resolve_weights``): the trunk of
+Default weights: as ``sppdet extract`` (``sppdet.workdir.records.resolve_weights``): the trunk of
 ``sppdet pretrain`` when backbone and width match, else random.
 """
 
@@ -40,11 +40,10 @@ from sppdet.config import RcnnConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError
-from sppdet.stages.extract import DEFAULT_BACKBONE, DEFAULT_WIDTH, ExtractSummary, resolve_weights
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
-from sppdet.workdir.caches import load_proposals, proposals_dir
-from sppdet.models.crops import check_crop, rcnn_pooled
-from sppdet.workdir.records import trained_trunk
+from sppdet.workdir.caches import ExtractSummary, load_proposals, proposals_dir
+from sppdet.models.crops import check_crop, compute_rcnn_features
+from sppdet.workdir.records import DEFAULT_BACKBONE, DEFAULT_WIDTH, resolve_weights, trained_trunk
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_save_npy, atomic_write_json
 from sppdet.workdir.store import WorkDir
@@ -120,35 +119,6 @@ def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, spl
         atomic_write_json(folder / INFO_FILE, RcnnInfo(config, net.stride, net.offset, net.channels))
     return RcnnJob(work, dataset, select_shard(dataset.image_ids, shard_index, shard_count), net,
                    config, folder, proposals, int(batch), torch_device)
-
-
-def compute_rcnn_features(backbone: Backbone, bgr: np.ndarray, boxes, config: RcnnConfig,
-                          batch: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
-    """float16 ``[R, D]`` R-CNN vectors of ``boxes`` float32 ``[R, 4]`` (``sppdet.structures.boxes``) in
-    uint8 BGR ``[H, W, 3]``; ``ModelError`` if a value overflows float16 (badly scaled weights)."""
-    pooled = rcnn_pooled(backbone, bgr, boxes, config.levels, config.crop_size, config.context,
-                         batch, device).astype(np.float16)
-    if not np.isfinite(pooled).all():
-        raise ModelError(f"{backbone.name} weights ({backbone.weights_source}) give conv5 values "
-                         "that are not finite in float16; they are badly scaled")
-    return pooled
-
-
-def cached_rcnn_features(path: str | os.PathLike, backbone: Backbone, bgr: np.ndarray, boxes,
-                         config: RcnnConfig, device: torch.device | str = "cpu") -> tuple[np.ndarray, bool]:
-    """(float32 ``[R, D]`` vectors of ``boxes`` [R, 4], whether they were computed): read from
-    ``path`` (a float16 ``[R, D]`` ``.npy``) when it holds R rows of the right length, else
-    computed by :func:`compute_rcnn_features` and saved there atomically."""
-    dim = pooled_dim(backbone.channels, config.levels)
-    try:
-        cached = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        cached = None
-    if cached is not None and cached.dtype == np.float16 and cached.shape == (len(boxes), dim):
-        return cached.astype(np.float32), False
-    pooled = compute_rcnn_features(backbone, bgr, boxes, config, device=device)
-    atomic_save_npy(path, pooled)
-    return pooled.astype(np.float32), True
 
 
 def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSummary:

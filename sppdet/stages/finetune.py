@@ -25,7 +25,7 @@ stage: the new weights hash gives a new ``features-<hash>`` folder, recorded as 
 ``extract``, so nothing reads the old cache any more. ``head.pt`` names the new features, so
 ``train-svm``, ``train-bbox``, ``detect`` and ``eval`` accept it; other splits need
 ``sppdet extract --split NAME``, which uses the fine-tuned trunk by default:
-``config.json["stages"]["trunk"]`` records it (``sppdet.stages.extract.resolve_weights``), with the
+``config.json["stages"]["trunk"]`` records it (``sppdet.workdir.records.resolve_weights``), with the
 features it started from. When the recorded features are the ones a ``train_conv`` run computed,
 a later ``train_conv`` run starts from that run's starting features instead, so re-running a
 command finds its cache (nothing is trained or recomputed) and different settings are compared

@@ -10,7 +10,7 @@ unless ``windows`` is "random", the dataset root and the split) holding
                    its presence means the model is complete and a re-run skips training.
 ``config.json["stages"]["pretrain"]`` records ``weights`` and ``head`` (paths relative to the work
 directory), ``backbone``, ``width``, ``split``, ``classes`` and the config:
-``sppdet.stages.extract.resolve_weights`` then uses the trunk by default for the same backbone and
+``sppdet.workdir.records.resolve_weights`` then uses the trunk by default for the same backbone and
 width, and ``finetune`` starts from the head when its sizes match.
 """
 

@@ -54,7 +54,7 @@ TRAIN_DEFAULTS = {
     "pretrain": {"windows": "random", "parts_per_object": 8},
     "train-svm": {"layer": "pool5+fc7", "C": 0.01},
 }
-#: Candidates tried on the validation split unless the file names others (``sppdet.stages.train_selection``).
+#: Candidates tried on the validation split unless the file names others (``sppdet.pipelines.selection``).
 LAYER_CANDIDATES = ("pool5+fc7", "pool5")
 C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
 #: fc7's weight beside pool5 (layer "pool5+fc7"), relative to equal mean norms.
@@ -79,7 +79,7 @@ class TrainSettings:
     data_root: Path
     augment: tuple[str, ...]
     val_fraction: float
-    pretrain_minutes: float  # 0: no budget; else pretraining epochs are cut to fit (sppdet.stages.train)
+    pretrain_minutes: float  # 0: no budget; else pretraining epochs are cut to fit (sppdet.pipelines.train)
     propose: ProposeConfig
     pretrain: PretrainConfig
     extract: dict

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sppdet.config import ExtractConfig, RcnnConfig
 from sppdet.errors import WorkdirError
-from sppdet.fileio import read_json
+from sppdet.fileio import atomic_save_npy, read_json
+from sppdet.models.backbones import Backbone
+from sppdet.models.crops import compute_rcnn_features
 from sppdet.models.features import FeatureFile, load_feature_file
 from sppdet.ops.spp import pooled_dim
 from sppdet.structures.boxes import as_boxes
@@ -220,3 +223,35 @@ def lookup_pooled(folder: str | os.PathLike, image_id: str, boxes, dim: int) -> 
                            "cached; --method rcnn has features only for ground-truth boxes and "
                            "proposals (re-run sppdet extract --method rcnn after sppdet propose)")
     return np.asarray(cached[1][rows], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What an ``extract`` run did (either method): images of the shard, how many were computed
+    or already cached, the time, and the size of the whole cache folder in bytes."""
+
+    folder: Path
+    images: int
+    computed: int
+    skipped: int
+    seconds: float
+    cache_bytes: int
+    weights: str
+    device: str
+
+
+def cached_rcnn_features(path: str | os.PathLike, backbone: Backbone, bgr: np.ndarray, boxes,
+                         config: RcnnConfig, device: torch.device | str = "cpu") -> tuple[np.ndarray, bool]:
+    """(float32 ``[R, D]`` vectors of ``boxes`` [R, 4], whether they were computed): read from
+    ``path`` (a float16 ``[R, D]`` ``.npy``) when it holds R rows of the right length, else
+    computed by :func:`compute_rcnn_features` and saved there atomically."""
+    dim = pooled_dim(backbone.channels, config.levels)
+    try:
+        cached = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        cached = None
+    if cached is not None and cached.dtype == np.float16 and cached.shape == (len(boxes), dim):
+        return cached.astype(np.float32), False
+    pooled = compute_rcnn_features(backbone, bgr, boxes, config, device=device)
+    atomic_save_npy(path, pooled)
+    return pooled.astype(np.float32), True

@@ -11,9 +11,16 @@ Every function here only reads; the stages write their records (``WorkDir.record
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from pathlib import Path
 
+from sppdet.config import ProposeConfig
+from sppdet.errors import WorkdirError
 from sppdet.workdir.store import WorkDir
+
+#: what ``extract`` builds when no trunk is recorded and no flag says otherwise
+DEFAULT_BACKBONE = "zf5"
+DEFAULT_WIDTH = 1.0
 
 #: config.json record of the trunk fine-tuned by ``finetune --train-conv`` (sppdet.stages.finetune)
 TUNED_TRUNK_RECORD = "trunk"
@@ -77,7 +84,7 @@ def extract_record(work: WorkDir) -> dict | None:
 
 
 def selection_record(work: WorkDir) -> dict | None:
-    """The choices ``sppdet train`` made on the validation split (``sppdet.stages.train_selection``), or None."""
+    """The choices ``sppdet train`` made on the validation split (``sppdet.pipelines.selection``), or None."""
     return _stages(work).get(SELECTION_RECORD) or None
 
 
@@ -86,3 +93,25 @@ def recorded_views(work: WorkDir) -> tuple[str, ...]:
     selection was made); ``eval`` and ``detect`` use them unless ``--tta`` is given."""
     record = selection_record(work)
     return tuple(record.get("chosen", {}).get("tta", ())) if record else ()
+
+
+def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbone: str,
+                    width: float) -> str:
+    """``weights`` if given; else the fine-tuned, then the pretrained trunk recorded for this
+    backbone and width (``sppdet.stages.extract``'s module docstring); else ``"none"``."""
+    if weights is not None:
+        return str(weights)
+    for trunk in trained_trunks(workdir):
+        if trunk.backbone == backbone and trunk.width == width:
+            return str(trunk.weights)
+    return "none"
+
+
+def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
+    """The ``ProposeConfig`` of the work directory's last ``propose`` run."""
+    record = _stages(workdir).get(PROPOSE_RECORD)
+    try:
+        return ProposeConfig(**record["config"])
+    except (TypeError, KeyError):
+        raise WorkdirError(f"{workdir.config_path}: no usable propose record; run sppdet propose "
+                           "(then extract, finetune, train-svm, train-bbox) again") from None

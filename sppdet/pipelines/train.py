@@ -8,7 +8,7 @@ Each step calls the same library function as the stage's own command, so every s
 by its settings exactly as there: a second run finds everything and only checks the caches, and
 a run killed half-way continues where it stopped (files are written atomically). The test split
 is never opened. Settings and their sources: ``sppdet.training.settings``; splits: ``sppdet.training.splits``;
-the choices: ``sppdet.stages.train_selection``.
+the choices: ``sppdet.pipelines.selection``.
 
 What it leaves behind: the usual stage records in ``config.json`` (so ``eval``, ``detect`` and
 ``status`` work as after the single commands), the choices as ``config.json["stages"]
@@ -34,7 +34,7 @@ from sppdet.data.fit import MIN_PRETRAIN_EPOCHS
 from sppdet.stages.pretrain import estimate_epoch_seconds, prepare_pretrain, run_pretrain
 from sppdet.stages.propose import prepare_propose, run_propose
 from sppdet.workdir.records import SELECTION_RECORD
-from sppdet.stages.train_selection import POOLED_MEMO_BYTES, Selection, ValScorer, select_settings, split_size
+from sppdet.pipelines.selection import POOLED_MEMO_BYTES, Selection, ValScorer, select_settings, split_size
 from sppdet.training.splits import VAL_FRACTION, TrainingSplits, resolve_training_splits
 from sppdet.fileio import atomic_write_json, content_hash, read_json, to_jsonable
 from sppdet.workdir.store import WorkDir

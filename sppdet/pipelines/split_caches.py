@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from sppdet.stages.detect import recorded_propose_config
 from sppdet.errors import WorkdirError
 from sppdet.stages.extract import prepare_extract_like, run_extract
 from sppdet.workdir.caches import features_info
 from sppdet.parallel import ProgressFactory, no_progress_bar
 from sppdet.stages.propose import prepare_propose, run_propose
 from sppdet.workdir.records import extract_record
+from sppdet.workdir.records import recorded_propose_config
 from sppdet.workdir.store import WorkDir
 
 
