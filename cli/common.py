@@ -1,16 +1,26 @@
-"""Options shared by several commands, error translation and progress bars.
+"""Options shared by several commands, error translation, warnings and progress bars.
 
-``sppdet`` raises ``SppdetError`` for user mistakes; :func:`library_errors` turns them into
+``sppdet`` raises ``SppdetError`` for user mistakes; :func:`library_errors` turns them, and any
+``OSError`` from the environment (read-only or full disk, permissions), into
 ``click.ClickException`` (one line, exit 1). Bad command lines are ``click.UsageError`` (exit 2).
+Warnings are shown as one line ``warning: MESSAGE`` (:func:`show_warnings_as_lines`), as the
+commands print their own warnings.
+
+Rich interprets ``[...]`` in printed strings and table cells as markup: any text that comes from a
+dataset, a path or the command line goes through :func:`plain` first (a class named ``x[/b]``
+must print as itself, not raise ``MarkupError``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import warnings
 from typing import Iterator
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
@@ -22,15 +32,63 @@ stderr_console = Console(stderr=True)
 stdout_console = Console()
 
 
+def plain(value: object) -> str:
+    """``str(value)`` escaped for rich markup, so it prints exactly as it is."""
+    return escape(str(value))
+
+
+#: what to do about an OSError, by errno (the rest: check the file and run again)
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "the disk is full; free some space (or use another --workdir) and run again",
+    errno.EDQUOT: "the disk quota is exhausted; free some space (or use another --workdir) and run again",
+    errno.EROFS: "the file system is read-only; use a writable --workdir",
+    errno.EACCES: "permission denied; make it writable (readable) for you or use another --workdir",
+    errno.EPERM: "operation not permitted; make it writable for you or use another --workdir",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError``: the file it is about, what happened and what to do."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    advice = _OS_ERROR_ADVICE.get(exc.errno, "check the file and the disk, then run again")
+    return f"{where}: {reason}; {advice}"
+
+
 @contextlib.contextmanager
 def library_errors() -> Iterator[None]:
-    """Re-raise ``SppdetError`` as a one-line ``click.ClickException``."""
+    """Re-raise ``SppdetError`` and ``OSError`` as a one-line ``click.ClickException``."""
     try:
         yield
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except SppdetError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(os_error_line(exc)) from None
+
+
+_shown_warnings: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` as one line on stderr: ``warning: MESSAGE`` for sppdet's own
+    warnings, ``warning: CATEGORY: MESSAGE`` for others; never a line of source code."""
+    from sppdet.errors import SppdetWarning
+
+    text = (str(message).splitlines() or [""])[0]
+    if not issubclass(category, SppdetWarning):
+        text = f"{category.__name__}: {text}"
+    if text in _shown_warnings:  # e.g. one annotation parsed by two steps of a command
+        return
+    _shown_warnings.add(text)
+    stderr_console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def show_warnings_as_lines() -> None:
+    """Show every warning of this process as one line (:func:`_show_warning`), each once."""
+    _shown_warnings.clear()
+    warnings.showwarning = _show_warning
 
 
 def workdir_option(func):
@@ -122,10 +180,10 @@ def progress_bar(total: int, description: str, quiet: bool = False, fields: tupl
                TimeRemainingColumn()]
     columns += [TextColumn(f"{name}={{task.fields[{name}]}}") for name in fields]
     with Progress(*columns, console=stderr_console, disable=quiet, transient=False) as progress:
-        task = progress.add_task(description, total=total, **{name: "-" for name in fields})
+        task = progress.add_task(plain(description), total=total, **{name: "-" for name in fields})
 
         def advance(n: int = 1, **values) -> None:
-            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else plain(v)) for k, v in values.items()}
             progress.update(task, advance=n, **shown)
 
         yield advance

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+from cli.common import (data_option, library_errors, method_option, plain, progress_bar, quiet_option,
                         split_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DetectConfig
 from sppdet.data.voc import discover_classes, read_split
@@ -20,13 +20,13 @@ from sppdet.workdir.store import WorkDir
 
 
 def _table(result: EvalResult, split: str) -> Table:
-    table = Table(title=f"VOC AP ({result.metric}, IoU >= {result.iou_threshold:g}) on {split}")
+    table = Table(title=f"VOC AP ({result.metric}, IoU >= {result.iou_threshold:g}) on {plain(split)}")
     table.add_column("class")
     table.add_column("AP", justify="right")
     table.add_column("positives", justify="right")
     table.add_column("detections", justify="right")
     for c in result.classes:
-        table.add_row(c.name, "n/a" if math.isnan(c.ap) else f"{c.ap:.4f}", str(c.npos), str(c.ndet))
+        table.add_row(plain(c.name), "n/a" if math.isnan(c.ap) else f"{c.ap:.4f}", str(c.npos), str(c.ndet))
     table.add_section()
     table.add_row("mAP", "n/a" if math.isnan(result.mAP) else f"{result.mAP:.4f}", "", "")
     return table
@@ -92,7 +92,7 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
                                           data_root=data_root, progress=advance, method=method)
             folder = WorkDir(workdir).root / ("results" if method == "spp" else f"results-{method}")
             write_devkit_results(folder, split, detections, classes)
-            stderr_console.print(f"devkit results files written to {folder}")
+            stderr_console.print(f"devkit results files written to {folder}", markup=False, highlight=False)
         else:
             if tta:
                 raise click.UsageError("--tta applies to the work directory's detector, not to --detections")
@@ -103,4 +103,4 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
             write_summary_json(json_path, result, split)
         if plots_dir is not None:
             paths = plot_results(result, plots_dir, title=f"{split}: mAP {result.mAP:.4f}")
-            stderr_console.print(f"{len(paths)} plots written to {Path(plots_dir)}")
+            stderr_console.print(f"{len(paths)} plots written to {Path(plots_dir)}", markup=False, highlight=False)

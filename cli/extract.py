@@ -8,7 +8,7 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from sppdet.config import AUTO_PRECISION, BACKBONES, PRECISIONS, RcnnConfig
-from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
+from cli.common import (data_option, device_option, library_errors, method_option, plain, progress_bar,
                         quiet_option, shard_option, split_option, stderr_console, stdout_console, tta_option,
                         workdir_option)
 
@@ -125,11 +125,11 @@ def _report(title: str, summary, trunk: str, setting: tuple[str, str], rate: str
             sources: list[str] = ()) -> None:
     """The result table of either extract (SPP or R-CNN summary) and the cache folder line;
     ``sources``: where each setting came from (flag, default, recorded, data)."""
-    table = Table(title=title, show_header=False)
-    table.add_row("backbone", f"{trunk}, weights {summary.weights}")
-    table.add_row(*setting)
+    table = Table(title=plain(title), show_header=False)
+    table.add_row("backbone", plain(f"{trunk}, weights {summary.weights}"))
+    table.add_row(*(plain(cell) for cell in setting))
     if sources:
-        table.add_row("settings from", "; ".join(sources))
+        table.add_row("settings from", plain("; ".join(sources)))
     table.add_row("images", f"{summary.images} ({summary.computed} computed, {summary.skipped} cached)")
     table.add_row("time", f"{summary.seconds:.1f} s ({rate or 'nothing to compute'} on {summary.device})")
     stdout_console.print(table)

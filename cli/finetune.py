@@ -7,7 +7,7 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
-from cli.common import (data_option, device_option, library_errors, method_option, progress_bar,
+from cli.common import (data_option, device_option, library_errors, method_option, plain, progress_bar,
                         quiet_option, split_option, stdout_console, workdir_option)
 from sppdet.config import FinetuneConfig
 from sppdet.workdir.store import WorkDir
@@ -75,14 +75,14 @@ def finetune(ctx, workdir, data_root, split, hidden, epochs, lr, windows_per_ima
         steps = (epochs + 1 if train_conv else epochs) * images
         with progress_bar(steps, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
             summary = run_finetune(work, split, config, data_root, advance, method, device)
-    table = Table(title=f"sppdet finetune: {split}", show_header=False)
-    table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {summary.init}")
+    table = Table(title=f"sppdet finetune: {plain(split)}", show_header=False)
+    table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {plain(summary.init)}")
     table.add_row("trained", f"{summary.epochs} epochs in {summary.seconds:.1f} s" if summary.trained
                   else "already trained (cached)")
     table.add_row("final loss / acc", f"{summary.final_loss:.4f} / {summary.final_accuracy:.3f}")
-    table.add_row("folder", str(summary.folder))
+    table.add_row("folder", plain(summary.folder))
     if summary.trunk is not None:
-        table.add_row("conv", f"fine-tuned: {summary.trunk}")
-        table.add_row("features", f"{summary.features} ({summary.computed} images computed); "
+        table.add_row("conv", f"fine-tuned: {plain(summary.trunk)}")
+        table.add_row("features", f"{plain(summary.features)} ({summary.computed} images computed); "
                       "run `sppdet extract --split test` for other splits")
     stdout_console.print(table)

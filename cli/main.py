@@ -9,10 +9,12 @@ says what each command's docstring says.
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from sppdet import __version__
+from sppdet.config import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
 
 #: name -> (module, function, the first sentence of its docstring as ``sppdet --help`` shows it)
 COMMANDS = {
@@ -58,6 +60,19 @@ class LazyGroup(click.Group):
         module, function, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), function)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; an ``OSError`` it let through (a full or read-only disk, a
+        permission) is one line and exit 1 too, as ``cli.common.library_errors`` makes it (a
+        broken pipe stays click's to handle)."""
+        import errno
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise
+            from cli.common import os_error_line
+            raise click.ClickException(os_error_line(exc)) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(map(len, COMMANDS))
         rows = [(name, _shortened(COMMANDS[name][2], limit)) for name in sorted(COMMANDS)]
@@ -74,7 +89,10 @@ def _shortened(text: str, limit: int) -> str:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sppdet")
-def cli() -> None:
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="PIXELS",
+              help=f"Refuse images larger than this (width x height); default {MAX_IMAGE_PIXELS:,} "
+                   f"or ${MAX_PIXELS_ENV}.")
+def cli(max_pixels: int | None) -> None:
     """SPP-net object detection as cached stages.
 
     One command trains everything, choosing its settings on a validation split:
@@ -85,7 +103,10 @@ def cli() -> None:
 
     Example: sppdet synth data/synth && sppdet train --data data/synth
     """
-
+    from cli.common import show_warnings_as_lines  # here: rich stays out of `sppdet --help`
+    show_warnings_as_lines()
+    if max_pixels is not None:  # through the environment, so that worker processes see it too
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)
 
 
 def main() -> None:

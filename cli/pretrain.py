@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from sppdet.config import BACKBONES, WINDOW_SOURCES
-from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
+from cli.common import (data_option, device_option, library_errors, plain, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import PretrainConfig
 
@@ -98,9 +98,9 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
         stdout_console.print(f"already trained: {summary.weights}", soft_wrap=True, markup=False,
                              highlight=False)
     last = summary.history[-1]
-    table = Table(title=f"sppdet pretrain: {split}", show_header=False)
-    table.add_row("backbone", f"{backbone} (width {width}), crops {_join(sizes)}, augment {_join(augment)}")
-    table.add_row("data", f"{summary.images} images, classes {', '.join(summary.classes)}")
+    table = Table(title=f"sppdet pretrain: {plain(split)}", show_header=False)
+    table.add_row("backbone", f"{backbone} (width {width}), crops {_join(sizes)}, augment {plain(_join(augment))}")
+    table.add_row("data", f"{summary.images} images, classes {plain(', '.join(summary.classes))}")
     table.add_row("epochs", str(len(summary.history)))
     table.add_row("final epoch", f"loss {last.loss:.4f}, crop accuracy {last.accuracy:.3f}")
     table.add_row("time", f"{summary.seconds:.1f} s on {summary.device}"

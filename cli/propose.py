@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from sppdet.config import PROPOSAL_MODES
-from cli.common import (data_option, library_errors, progress_bar, quiet_option, shard_option,
+from cli.common import (data_option, library_errors, plain, progress_bar, quiet_option, shard_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import ProposeConfig
 
@@ -46,7 +46,7 @@ def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, 
         job = prepare_propose(workdir, config, split=split, data_root=data_root, shard=shard)
         with progress_bar(len(job.todo), f"propose {split}", quiet=quiet) as advance:
             summary = run_propose(job, workers=workers, progress=advance)
-    table = Table(title=f"sppdet propose: {split}", show_header=False)
+    table = Table(title=f"sppdet propose: {plain(split)}", show_header=False)
     cached = len(job.image_ids) - summary.computed
     table.add_row("images", f"{summary.images} of {summary.images_in_split} in the split "
                             f"({summary.computed} computed, {cached} cached)")

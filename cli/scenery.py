@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from sppdet.config import SCENERY_LOOKS
-from cli.common import library_errors, progress_bar, quiet_option, stdout_console
+from cli.common import library_errors, plain, progress_bar, quiet_option, stdout_console
 from sppdet.parallel import default_workers
 
 
@@ -47,14 +47,14 @@ def scenery(out, look, images, seed, workers, with_val, quiet):
     objects.add_column("objects", justify="right")
     objects.add_column("difficult", justify="right")
     for name in CLASSES[look]:
-        objects.add_row(name, str(summary.objects[name]), str(summary.difficult[name]))
+        objects.add_row(plain(name), str(summary.objects[name]), str(summary.difficult[name]))
     objects.add_row("all", str(sum(summary.objects.values())), str(sum(summary.difficult.values())),
                     style="bold")
     splits = Table()
     splits.add_column("split")
     splits.add_column("images", justify="right")
     for name, count in summary.splits.items():
-        splits.add_row(name, str(count))
+        splits.add_row(plain(name), str(count))
     stdout_console.print(objects)
     stdout_console.print(splits)
     stdout_console.print(f"dataset: {summary.root}", soft_wrap=True, markup=False, highlight=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import library_errors, quiet_option, stdout_console, workdir_option
+from cli.common import library_errors, plain, quiet_option, stdout_console, workdir_option
 from sppdet.stages.status import work_status
 from sppdet.workdir.store import WorkDir
 
@@ -21,11 +21,12 @@ def status(workdir, quiet):
     """
     with library_errors():
         state = work_status(WorkDir(workdir))
-    table = Table(title=f"sppdet status: {state.root}")
+    table = Table(title=f"sppdet status: {plain(state.root)}")
     for column in ("stage", "done", "split", "settings", "folder"):
         table.add_column(column)
     for stage in state.stages:
-        table.add_row(stage.name, "yes" if stage.done else "no", stage.split, stage.settings, stage.folder)
+        table.add_row(plain(stage.name), "yes" if stage.done else "no", plain(stage.split), plain(stage.settings),
+                      plain(stage.folder))
     stdout_console.print(table)
     stdout_console.print(f"dataset: {state.data_root or 'none recorded'}", markup=False, highlight=False)
     if state.selection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import library_errors, progress_bar, quiet_option, stdout_console
+from cli.common import library_errors, plain, progress_bar, quiet_option, stdout_console
 from sppdet.parallel import default_workers
 
 
@@ -39,14 +39,14 @@ def synth(out, images, seed, workers, quiet):
     objects.add_column("objects", justify="right")
     objects.add_column("difficult", justify="right")
     for name, count in summary.objects.items():
-        objects.add_row(name, str(count), str(summary.difficult[name]))
+        objects.add_row(plain(name), str(count), str(summary.difficult[name]))
     objects.add_row("all", str(sum(summary.objects.values())), str(sum(summary.difficult.values())),
                     style="bold")
     splits = Table()
     splits.add_column("split")
     splits.add_column("images", justify="right")
     for name in SPLITS:
-        splits.add_row(name, str(summary.splits[name]))
+        splits.add_row(plain(name), str(summary.splits[name]))
     stdout_console.print(objects)
     stdout_console.print(splits)
     stdout_console.print(f"dataset: {summary.root}", soft_wrap=True, markup=False, highlight=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import (data_option, device_option, library_errors, progress_bar, quiet_option,
+from cli.common import (data_option, device_option, library_errors, plain, progress_bar, quiet_option,
                         stderr_console, stdout_console, workdir_option)
 from sppdet.errors import ConfigError
 
@@ -64,7 +64,7 @@ def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print
             table.add_column(column)
         for name, value, source in plan.settings.rows():
             if source != "default":
-                table.add_row(name, value, source)
+                table.add_row(plain(name), plain(value), plain(source))
         if print_config:
             click.echo(plan.settings.to_toml() + f"# {plan.splits.describe()}")
             return
@@ -82,7 +82,7 @@ def train(data_root, config_file, augment, val_fraction, pretrain_minutes, print
     times.add_column("seconds", justify="right")
     times.add_column("result")
     for entry in result.times:
-        times.add_row(entry.name, f"{entry.seconds:.1f}", entry.note)
+        times.add_row(plain(entry.name), f"{entry.seconds:.1f}", plain(entry.note))
     stdout_console.print(times)
     chosen = result.selection
     stdout_console.print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+from cli.common import (data_option, library_errors, method_option, plain, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import BboxRegConfig
 from sppdet.workdir.store import WorkDir
@@ -41,10 +41,10 @@ def train_bbox(workdir, data_root, split, min_overlap, ridge_lambda, method, qui
     if not summary.trained:
         stdout_console.print(f"already trained (cached): {summary.folder}", markup=False)
         return
-    table = Table(title=f"sppdet train-bbox: {split}, {summary.seconds:.1f} s")
+    table = Table(title=f"sppdet train-bbox: {plain(split)}, {summary.seconds:.1f} s")
     for column in ("class", "examples", "used", "rms before", "rms after"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for r in summary.reports:
-        table.add_row(r.name, str(r.examples), str(r.used), f"{r.rms_before:.4f}", f"{r.rms_after:.4f}")
+        table.add_row(plain(r.name), str(r.examples), str(r.used), f"{r.rms_before:.4f}", f"{r.rms_after:.4f}")
     stdout_console.print(table)
     stdout_console.print(f"model: {summary.folder}", markup=False)

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from sppdet.config import SVM_LAYERS
-from cli.common import (data_option, library_errors, method_option, progress_bar, quiet_option,
+from cli.common import (data_option, library_errors, method_option, plain, progress_bar, quiet_option,
                         split_option, stdout_console, workdir_option)
 from sppdet.config import SvmConfig
 from sppdet.workdir.store import WorkDir
@@ -78,11 +78,11 @@ def train_svm(workdir, data_root, split, layer, fc7_scale, c, extra_positives, e
     if not summary.trained:
         stdout_console.print(f"already trained (cached): {summary.folder}", markup=False)
         return
-    table = Table(title=f"sppdet train-svm: {split}, {layer}, {summary.seconds:.1f} s")
+    table = Table(title=f"sppdet train-svm: {plain(split)}, {plain(layer)}, {summary.seconds:.1f} s")
     for column in ("class", "positives", "negatives kept", "retrains", "objective"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for r in summary.reports:
-        table.add_row(r.name, str(r.positives), str(r.negatives), str(r.retrains),
+        table.add_row(plain(r.name), str(r.positives), str(r.negatives), str(r.retrains),
                       f"{r.objective.total:.4f}" if r.objective else "-")
     stdout_console.print(table)
     stdout_console.print(f"model: {summary.folder}", markup=False)

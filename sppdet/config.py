@@ -19,6 +19,18 @@ SVM_LAYERS = ("fc7", "pool5", "pool5+fc7")  # what the SVMs read, sppdet.models.
 SCENERY_LOOKS = ("glyphs", "signs", "cells")  # sppdet scenery's datasets, sppdet.data.scenery
 DEFAULT_SCORE_THRESHOLD = 0.0  # sppdet detect on new images: the SVMs' decision boundary (sppdet.stages.detect)
 
+# Bounds on input images (sppdet.data.images.check_image_size), checked from the file's header
+# before any pixel is decoded. 50 MP decodes to 150 MB of BGR and stays a few GB at the peak of
+# propose and extract; a larger image is refused (a 30000 x 30000 PNG compresses to 137 KB but
+# needs 4.3 GB). Environment variable MAX_PIXELS_ENV overrides the pixel limit for every process.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "SPPDET_MAX_PIXELS"
+# Longer side / shorter side. Every stage scales the SHORTER side to a fixed scale (688 px; up to
+# 1200), so the resized area is scale^2 * ratio: at 20:1 and 688 px 9.5 MP, a 3000 x 3000 image's
+# worth, and a 20000 x 16 strip (1250:1) would need 6.6 GB. 20:1 admits every photographic
+# panorama (about 10:1 at most) and any dataset image (VOC: under 5:1).
+MAX_ASPECT_RATIO = 20.0
+
 
 @dataclass(frozen=True)
 class ProposeConfig:

@@ -1,7 +1,8 @@
 """The exceptions sppdet raises for problems a user can fix.
 
 Every message names the offending file (or setting) and says what to do. The CLI turns any
-``SppdetError`` into one line on stderr and exit code 1; anything else is a bug and keeps its
+``SppdetError`` into one line on stderr and exit code 1, and so any ``OSError`` (a full or
+read-only disk, a permission: the environment, not a bug); anything else is a bug and keeps its
 traceback.
 """
 
@@ -24,3 +25,12 @@ class ModelError(SppdetError):
 
 class ConfigError(SppdetError):
     """An option value or combination of options is invalid."""
+
+
+class TrainingError(SppdetError):
+    """Training diverged (a NaN or infinite loss); nothing was saved and settings must change."""
+
+
+class SppdetWarning(UserWarning):
+    """Something a user should know that does not stop the run (e.g. a repaired annotation, a
+    corrupt cached file computed again). The CLI shows these as one line ``warning: MESSAGE``."""

@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -63,26 +65,103 @@ def file_hash(path: str | os.PathLike, chars: int = HASH_CHARS) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# file names from data
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_STEM = 64
+
+
+def safe_file_stem(name: str) -> str:
+    """``name`` (e.g. a class name from a dataset) as a file-name stem that stays in its folder:
+    runs of any character but ASCII letters, digits, ``-`` and ``_`` become ``_`` (no ``/``,
+    ``..`` or control characters survive) and it is cut to 64 characters; when that changed
+    anything, ``-`` and 8 hex digits of the name's SHA-256 are appended, so two names that differ
+    stay two files. A name that is already safe is returned unchanged."""
+    stem = _UNSAFE.sub("_", name)[:_MAX_STEM]
+    if stem == name and stem:
+        return stem
+    return f"{stem}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------------------------------------
 # atomic writes
+
+
+#: Temporary files are named ``.<target name>.<host>-<pid>.<random>.tmp`` beside their target, so
+#: a later run can tell a leftover of a killed writer (its process is gone) from a live one's; a
+#: writer on another machine (shards on a shared filesystem) is never judged from here.
+TEMP_SUFFIX = ".tmp"
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. An ``OSError``
+    about the temporary file (e.g. a full disk while writing it) is re-raised naming ``path``,
+    the file the user knows.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_HOST}-{os.getpid()}.",
+                                        suffix=TEMP_SUFFIX)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
+        _fsync(tmp)  # the data is on disk before the name points at it (no empty file after a crash)
         os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None and exc.errno is not None and exc.filename in (None, str(tmp), tmp):
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path``'s data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writer_alive(temp_file: Path) -> bool:
+    """Whether the process that created ``temp_file`` (host and pid in its name) may still run:
+    False only for a writer on this machine whose pid is gone; names of other machines or without
+    a pid count as alive (never removed)."""
+    parts = temp_file.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+    host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
+    if host != _HOST or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: the process exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` and its subfolders whose
+    writer is no longer running (a killed run's leftovers); returns how many. A concurrent
+    writer's files are kept (shards of one work directory run side by side on one machine).
+    Unremovable files (e.g. a read-only work directory) are left alone."""
+    removed = 0
+    folder = Path(folder)
+    for pattern in (f".*{TEMP_SUFFIX}", f"*/.*{TEMP_SUFFIX}"):
+        for temp_file in folder.glob(pattern):
+            if temp_file.is_file() and not _writer_alive(temp_file):
+                with contextlib.suppress(OSError):
+                    temp_file.unlink()
+                    removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sppdet.data.images import IMAGE_SUFFIXES
-from sppdet.errors import DatasetError
+from sppdet.errors import DatasetError, SppdetWarning
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -35,7 +35,7 @@ VOC_CLASSES = (
 )
 
 
-class DatasetWarning(UserWarning):
+class DatasetWarning(SppdetWarning):
     """Something in a dataset was repaired (e.g. boxes clipped or dropped)."""
 
 
@@ -68,22 +68,37 @@ def _text(node: ET.Element, tag: str, path: Path, required: bool = True) -> str 
 
 
 def _number(node: ET.Element, tag: str, path: Path) -> float:
+    """The finite number in ``<tag>``; NaN, infinity or any other text is a ``DatasetError``
+    (a NaN size or coordinate would otherwise pass every comparison and poison the boxes)."""
     text = _text(node, tag, path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise DatasetError(f"{path}: <{tag}> is {text!r}, not a number") from None
+        raise DatasetError(f"{path}: <{tag}> is {text!r}, not a number; fix the annotation") from None
+    if not np.isfinite(value):
+        raise DatasetError(f"{path}: <{tag}> is {text!r}, not a finite number; fix the annotation")
+    return value
+
+
+def _parse_xml(path: Path) -> ET.Element:
+    """The root element of the XML file ``path``; any way of failing to read, decode or parse it
+    is one ``DatasetError`` naming the file."""
+    try:
+        return ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found; check the split file and Annotations/") from None
+    except ET.ParseError as exc:
+        raise DatasetError(f"{path}: malformed XML ({exc}); fix or regenerate the annotation") from None
+    except (UnicodeError, LookupError) as exc:  # undecodable bytes, or an unknown declared encoding
+        raise DatasetError(f"{path}: cannot decode the XML ({exc}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the annotation ({exc.strerror or exc})") from None
 
 
 def read_annotation(path: str | os.PathLike) -> Annotation:
     """Parse one VOC XML file; boxes are clipped to the image and empty ones dropped (warned)."""
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found; check the split file and Annotations/") from None
-    except ET.ParseError as exc:
-        raise DatasetError(f"{path}: malformed XML ({exc})") from None
+    root = _parse_xml(path)
     size = root.find("size")
     if size is None:
         raise DatasetError(f"{path}: missing <size>; every VOC annotation needs it")
@@ -152,6 +167,18 @@ def split_path(root: str | os.PathLike, split: str, split_dir: str | os.PathLike
     return Path(root) / "ImageSets" / "Main" / f"{split}.txt"
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of the split file ``path``; undecodable bytes or a read error are one
+    ``DatasetError`` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 2]!r}); "
+                           "a split file must be UTF-8 text, one image id per line") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+
+
 def read_split(root: str | os.PathLike, split: str, split_dir: str | os.PathLike | None = None) -> list[str]:
     """The image ids listed in a split file (:func:`split_path`), in file order."""
     path = split_path(root, split, split_dir)
@@ -159,7 +186,7 @@ def read_split(root: str | os.PathLike, split: str, split_dir: str | os.PathLike
         available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
         hint = f"available: {', '.join(available)}" if available else "is the dataset root right?"
         raise DatasetError(f"{path}: split file not found ({hint})")
-    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.split()[0] for line in _read_text(path).splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"{path}: split file lists no images")
     return ids

@@ -29,15 +29,16 @@ import numpy as np
 
 from sppdet.errors import DatasetError
 from sppdet.evaluation.voc_ap import Detections, EvalResult
-from sppdet.fileio import atomic_write_text
+from sppdet.fileio import atomic_write_text, safe_file_stem
 
 RESULTS_PREFIX = "comp4_det_"
 LINE_FORMAT = "<image_id> <score> <xmin> <ymin> <xmax> <ymax>"
 
 
 def results_path(folder: str | os.PathLike, split: str, name: str) -> Path:
-    """``<folder>/comp4_det_<split>_<name>.txt``."""
-    return Path(folder) / f"{RESULTS_PREFIX}{split}_{name}.txt"
+    """``<folder>/comp4_det_<split>_<name>.txt``; a class name that is not a safe file name (e.g.
+    ``a/../../x``) is made one (``sppdet.fileio.safe_file_stem``), so the file stays in ``folder``."""
+    return Path(folder) / f"{RESULTS_PREFIX}{split}_{safe_file_stem(name)}.txt"
 
 
 def write_devkit_results(folder: str | os.PathLike, split: str, detections: Detections,
@@ -120,9 +121,10 @@ def read_devkit_results(folder: str | os.PathLike, split: str, classes: Sequence
     if not files:
         raise DatasetError(f"{folder}: no {prefix}<class>.txt results files for split {split!r}")
     label_of = {name: k for k, name in enumerate(classes, start=1)}
+    file_stems = {safe_file_stem(name) for name in classes}  # as results_path names the files
     for path in files:
         name = path.name[len(prefix):-len(".txt")]
-        if name not in label_of:
+        if name not in file_stems:
             raise DatasetError(f"{path}: unknown class {name!r}; the dataset's classes are "
                                f"{', '.join(classes)}")
     lookup = _image_lookup(image_ids)

@@ -218,7 +218,9 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; all mean "not loadable"
         first_line = (str(exc).splitlines() or [""])[0]
-        raise ModelError(f"{path}: not a loadable state dict ({type(exc).__name__}: {first_line})") from None
+        raise ModelError(f"{path}: not a loadable state dict ({type(exc).__name__}: {first_line}); if sppdet "
+                         "wrote it, delete it and re-run the stage that did (sppdet pretrain re-trains "
+                         "an unreadable trunk.pt)") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     if any(key.startswith("features.") for key in state):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sppdet.structures.boxes import iou_matrix
-from sppdet.errors import ModelError
+from sppdet.errors import ModelError, TrainingError
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_path, to_jsonable
 
@@ -68,8 +68,10 @@ def load_head(path: str | os.PathLike, expected_in_dim: int | None = None) -> tu
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(payload["meta"])
         arch = meta["architecture"]
-    except (OSError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"{path}: not an sppdet fc head ({exc}); re-run `sppdet finetune`") from None
+    except (OSError, KeyError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        raise ModelError(f"{path}: not an sppdet fc head ({reason}); delete it and re-run the stage that "
+                         "wrote it (`sppdet finetune`, or `sppdet pretrain` for its head.pt)") from None
     if expected_in_dim is not None and arch["in_dim"] != expected_in_dim:
         raise ModelError(f"{path}: head expects {arch['in_dim']}-d pooled vectors, the features give "
                          f"{expected_in_dim}; re-run `sppdet finetune` on these features")
@@ -138,13 +140,22 @@ def lr_factor(epoch: int, epochs: int) -> float:
     return 0.1 if epoch >= max(1, int(np.ceil(epochs * 0.75))) else 1.0
 
 
+def check_finite_loss(loss: float, stage: str, epoch: int, lr: float) -> None:
+    """``TrainingError`` naming ``stage`` when ``loss`` is NaN or infinite: the weights are then
+    garbage, and saving them would only make later stages fail obscurely (an all-zero feature)."""
+    if not np.isfinite(loss):
+        raise TrainingError(f"{stage}: the training loss became {loss} in epoch {epoch + 1}, so training "
+                            f"diverged and nothing was saved; try a lower --lr (this run: {lr:g})")
+
+
 def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
                epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
                seed: int = 0, progress: Progress = no_progress) -> list[TrainStats]:
     """SGD on ``head`` over ``epochs``; ``batches(epoch)`` yields (pooled [B, D] float32,
     labels [B] int64 in 0..K). The learning rate drops 10x for the last quarter of the epochs.
     ``progress(0, loss=..., acc=...)`` reports each batch (the caller advances the bar, e.g. per
-    image). Returns per-epoch stats."""
+    image). Returns per-epoch stats. A NaN or infinite loss stops training with ``TrainingError``
+    (the caller then saves nothing)."""
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     history = []
@@ -157,10 +168,12 @@ def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray,
             x, y = torch.from_numpy(pooled), torch.from_numpy(labels)
             logits = head(x)
             loss = nn.functional.cross_entropy(logits, y)
+            value = loss.item()
+            check_finite_loss(value, "sppdet finetune", epoch, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            stats.add(loss.item(), logits.detach(), y)
+            stats.add(value, logits.detach(), y)
             progress(0, loss=stats.mean_loss, acc=stats.accuracy)
         history.append(stats)
     head.eval()

@@ -3,17 +3,23 @@
 Every trained model (SVMs, box regressors) records the hash and length of the features it was
 trained on; loading it against other features is a ``ModelError`` naming the file and the command
 to re-run.
+
+A stage decides "already trained" with :func:`reusable`, never by a file's mere existence: an
+output that is empty or unreadable (a disk that filled up, a file truncated by a copy) is reported
+as a warning and computed again, so re-running the stage repairs it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from sppdet.errors import ModelError
+from sppdet.errors import ModelError, SppdetWarning
 from sppdet.fileio import atomic_save_npz, to_jsonable
 
 
@@ -33,8 +39,9 @@ def read_model_file(path, kind: str, command: str, feature_hash: str | None = No
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         metadata = json.loads(str(arrays.pop("metadata")))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc}); re-run `{command}`") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc or type(exc).__name__}); delete it and "
+                         f"re-run `{command}`") from None
     if metadata.get("kind") != kind:
         raise ModelError(f"{path}: holds a {metadata.get('kind')!r} model, not {kind!r}")
     if feature_hash is not None and metadata.get("feature_hash") != feature_hash:
@@ -44,3 +51,41 @@ def read_model_file(path, kind: str, command: str, feature_hash: str | None = No
         raise ModelError(f"{path}: trained on {metadata.get('feature_dim')}-d features, these are "
                          f"{feature_dim}-d; re-run `{command}`")
     return arrays, metadata
+
+
+def model_file_problem(path, kind: str) -> str | None:
+    """Why the :func:`write_model_file` file at ``path`` cannot be used as a ``kind`` model, or
+    None when it reads back."""
+    try:
+        read_model_file(path, kind, "")
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
+def torch_file_problem(path) -> str | None:
+    """Why ``path`` is not a ``torch.save`` file that ``torch.load(weights_only=True)`` reads
+    back (empty, truncated, not a checkpoint), or None when it is."""
+    import torch
+
+    if Path(path).stat().st_size == 0:
+        return f"{path}: empty file"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unusable"
+        return f"{path}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    return None
+
+
+def reusable(path, problem: Callable[[Path], str | None]) -> bool:
+    """Whether a stage may keep its output ``path`` instead of computing it: it exists and
+    ``problem(path)`` finds nothing wrong. A corrupt one is warned about (``SppdetWarning``)
+    and reported as not reusable, so the stage computes it again and the rename replaces it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    reason = problem(path)
+    if reason is None:
+        return True
+    warnings.warn(f"{reason}; it is unusable, so it is computed again", SppdetWarning, stacklevel=2)
+    return False

@@ -92,7 +92,8 @@ class ExtractJob:
 def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
     """``target`` if given; else, when ``weights`` (as ``sppdet.workdir.records.resolve_weights``
     resolves them) is the trunk of ``sppdet pretrain`` or one fine-tuned from it,
-    ``TARGET_PER_CROP_SIDE`` times the largest crop side it was trained on; else the paper's 224 (``sppdet.ops.spp.TARGET``)."""
+    ``TARGET_PER_CROP_SIDE`` times the largest crop side it was trained on; else the paper's 224
+    (``sppdet.ops.spp.TARGET``)."""
     if target is not None:
         if int(target) < 1:
             raise ConfigError(f"--target {target}: must be a positive number of pixels")

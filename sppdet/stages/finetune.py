@@ -50,6 +50,7 @@ from sppdet.workdir.trained import feature_trunk
 from sppdet.workdir.caches import features_dir, features_info
 from sppdet.training.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.models.head import FcHead, iterate_minibatches, load_head, save_head, train_head
+from sppdet.models.model_file import reusable, torch_file_problem
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_path, file_hash
@@ -172,7 +173,8 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
                                                       "init": init_id})
     head_path, trunk_path = folder / HEAD_FILE, folder / TRUNK_FILE
     began = time.perf_counter()
-    trained = not head_path.is_file()
+    trained = not (reusable(head_path, torch_file_problem)
+                   and (not config.train_conv or reusable(trunk_path, torch_file_problem)))
     if config.epochs == 0 and init_path is None:
         raise ConfigError(f"--epochs 0 keeps the head of `sppdet pretrain`, but {workdir.root} has "
                           f"none for {source.dim}-d features, hidden {tuple(config.hidden)} and "

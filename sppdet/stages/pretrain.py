@@ -29,6 +29,7 @@ from sppdet.config import PretrainConfig
 from sppdet.data.voc import VocDataset
 from sppdet.errors import WorkdirError
 from sppdet.models.head import load_head, save_head
+from sppdet.models.model_file import reusable, torch_file_problem
 from sppdet.parallel import Progress, no_progress
 from sppdet.training.pretrain import (CropClassifier, EpochStats, check_config, new_classifier, seconds_per_epoch,
                                       train_classifier)
@@ -55,8 +56,11 @@ class PretrainJob:
 
     @property
     def done(self) -> bool:
-        """A finished model for exactly these settings and inputs is already in ``folder``."""
-        return (self.folder / INFO_FILE).is_file()
+        """A finished model for exactly these settings and inputs is already in ``folder``:
+        ``pretrain.json`` (written last) is there and ``trunk.pt`` and ``head.pt`` load. An
+        unreadable one (e.g. a zero-byte trunk.pt) is warned about and trained again."""
+        return (self.folder / INFO_FILE).is_file() and all(
+            reusable(self.folder / name, torch_file_problem) for name in (TRUNK_FILE, HEAD_FILE))
 
     @property
     def steps(self) -> int:

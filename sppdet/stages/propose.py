@@ -111,7 +111,8 @@ def _propose_image(task: tuple[str, str, str, ProposeConfig]) -> tuple[str, floa
 def run_propose(job: ProposeJob, workers: int | None = None,
                 progress: Progress | None = None) -> ProposeSummary:
     """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
-    cores), record the stage, and write and return the split's summary.
+    cores), record the stage, and write (unless nothing was computed and it exists) and return
+    the split's summary.
 
     ``progress(1)`` is called after each computed image.
     """
@@ -126,7 +127,9 @@ def run_propose(job: ProposeJob, workers: int | None = None,
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "data_root": str(job.dataset.root)})
     summary = summarise(job, seconds, time.perf_counter() - start)
-    atomic_write_json(job.folder / f"summary-{job.dataset.split}.json", dataclasses.asdict(summary))
+    summary_file = job.folder / f"summary-{job.dataset.split}.json"
+    if seconds or not summary_file.is_file():  # a fully cached re-run writes nothing
+        atomic_write_json(summary_file, dataclasses.asdict(summary))
     return summary
 
 

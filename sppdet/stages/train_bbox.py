@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from sppdet.models.bbox_reg import BboxClassReport, train_bbox_regressors
+from sppdet.models.model_file import model_file_problem, reusable
 from sppdet.models.svm import svm_feature_id
 from sppdet.structures.boxes import iou_matrix
 from sppdet.config import BboxRegConfig
@@ -49,7 +51,7 @@ def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegCon
     folder = workdir.stage_dir("bbox", config, inputs=source.inputs)
     path = folder / MODEL_FILE
     reports: list[BboxClassReport] = []
-    if not path.is_file():
+    if not reusable(path, partial(model_file_problem, kind="bbox_reg")):
         scale = sample_feature_scale(source, config.target_norm, seed=config.seed)
 
         def examples():

@@ -48,6 +48,7 @@ from sppdet.errors import ConfigError, ModelError
 from sppdet.workdir.trained import rebuild_trunk
 from sppdet.workdir.trained import finetuned_head
 from sppdet.models.head import fc7_features
+from sppdet.models.model_file import model_file_problem, reusable
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_save_npz
@@ -140,7 +141,8 @@ def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[Svm
     augmenting = _check_augmentation(source, first)
     folders = [workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
                for config in configs]
-    todo = [i for i, folder in enumerate(folders) if not (folder / MODEL_FILE).is_file()]
+    todo = [i for i, folder in enumerate(folders)
+            if not reusable(folder / MODEL_FILE, partial(model_file_problem, kind="svm"))]
     reports: dict[int, list[SvmClassReport]] = {}
     if todo:
         fc7_weight = 1.0

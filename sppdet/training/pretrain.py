@@ -66,7 +66,7 @@ from sppdet.config import WINDOW_SOURCES, PretrainConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
-from sppdet.models.head import FcHead, TrainStats
+from sppdet.models.head import FcHead, TrainStats, check_finite_loss
 from sppdet.parallel import Progress, no_progress
 from sppdet.models.crops import CROP_SIZE, pool_maps, warp_crops
 from sppdet.ops.spp import LEVELS, pooled_dim
@@ -286,6 +286,7 @@ def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocData
 
     ``proposals(image_id)`` gives float32 ``[N, 4]`` boxes. ``progress(1, loss=..., acc=...)``
     after each image (running means of the epoch). The model is left in eval mode on ``device``.
+    A NaN or infinite loss stops training with ``TrainingError`` (nothing is saved).
     """
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).train()
@@ -310,10 +311,12 @@ def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocData
                     group["lr"] = _learning_rate(config.lr, step, steps, warmup)
                 logits = model(crops.contiguous(memory_format=torch.channels_last))
                 loss = nn.functional.cross_entropy(logits, labels)
+                value = loss.item()
+                check_finite_loss(value, "sppdet pretrain", epoch, config.lr)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                stats.add(loss.item(), logits.detach(), labels)
+                stats.add(value, logits.detach(), labels)
                 step += 1
             history.append(EpochStats(epoch, size, stats.mean_loss, stats.accuracy,
                                       time.perf_counter() - start))

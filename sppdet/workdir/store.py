@@ -13,13 +13,14 @@ half-written file that a later run would trust.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 
 from sppdet.errors import WorkdirError
-from sppdet.fileio import atomic_write_json, content_hash, read_json, to_jsonable
+from sppdet.fileio import atomic_write_json, content_hash, read_json, remove_stale_temp_files, to_jsonable
 
 #: Bumped whenever any on-disk format changes; part of every stage hash.
 FORMAT_VERSION = 1
@@ -54,16 +55,24 @@ class WorkDir:
         return read_json(self.config_path)
 
     def update_config(self, **entries: Any) -> None:
-        """Merge top-level entries into ``config.json`` (atomically)."""
+        """Merge top-level entries into ``config.json`` (atomically; not at all when nothing
+        changes, so a fully cached re-run writes nothing and works in a read-only work directory)."""
         config = self.config()
-        config.update(to_jsonable(entries))
-        atomic_write_json(self.config_path, config)
+        updated = {**config, **to_jsonable(entries)}
+        self._write_config(config, updated)
 
     def record_stage(self, stage: str, settings: Any) -> None:
-        """Store a stage's resolved settings under ``config.json["stages"][stage]``."""
+        """Store a stage's resolved settings under ``config.json["stages"][stage]`` (a no-op when
+        the record is unchanged, as :meth:`update_config`)."""
         config = self.config()
-        config.setdefault("stages", {})[stage] = to_jsonable(settings)
-        atomic_write_json(self.config_path, config)
+        stages = {**config.get("stages", {}), stage: to_jsonable(settings)}
+        self._write_config(config, {**config, "stages": stages})
+
+    def _write_config(self, old: dict, new: dict) -> None:
+        """Write ``new`` as ``config.json`` unless it equals ``old`` as JSON (tuples and lists alike)."""
+        if self.config_path.exists() and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+            return
+        atomic_write_json(self.config_path, new)
 
     def set_data_root(self, data_root: str | os.PathLike) -> None:
         """Record the dataset root, so later commands need no ``--data``."""
@@ -103,6 +112,8 @@ class WorkDir:
                     "format_version": FORMAT_VERSION}
         folder = self.root / f"{stage}-{content_hash(identity)}"
         manifest = folder / "stage.json"
+        if folder.is_dir():
+            remove_stale_temp_files(folder)  # a killed run's half-written files
         if not manifest.exists():
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(manifest, identity)

@@ -1,0 +1,434 @@
+"""Faults, bad input and a hostile environment (issue 17): each case ends in one line and a
+non-zero exit (or goes on correctly), never a traceback, a hang, a stale or a half-written file.
+
+Fast cases only, on tiny datasets written into ``tmp_path``; the slow ones (kill -9 at random
+moments, worker kills, concurrent runs) belong in ``benchmarks/faults.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sppdet import fileio
+from cli.main import cli
+from sppdet.config import PretrainConfig
+from sppdet.data import images
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import Annotation, read_annotation, read_split, write_annotation, write_split
+from sppdet.errors import DatasetError, SppdetWarning, TrainingError
+from sppdet.fileio import atomic_write_bytes, safe_file_stem
+from sppdet.models.head import FcHead, train_head
+from sppdet.stages.pretrain import HEAD_FILE, INFO_FILE, TRUNK_FILE, prepare_pretrain, run_pretrain
+from sppdet.workdir.store import WorkDir
+
+HEIGHT, WIDTH = 48, 64
+TINY = PretrainConfig(width=0.125, sizes=(32,), epochs=1, batch_size=8, positives_per_object=2,
+                      backgrounds_per_image=4, hidden=(16, 16), windows="random", images_per_group=2)
+TINY_OPTIONS = ("--width", "0.125", "--sizes", "32", "--epochs", "1", "--batch-size", "8",
+                "--hidden", "16,16", "--windows", "random", "--device", "cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convs are dominated by thread synchronisation, which is slow on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(root: Path, names=("circle", "square"), count: int = 4) -> Path:
+    """``count`` small PNG images with one box each (classes taken from ``names`` in turn), all in
+    split ``trainval``, the last also in ``test``."""
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    ids = [f"im{i}" for i in range(count)]
+    for index, image_id in enumerate(ids):
+        image = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
+        write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
+            image_id, WIDTH, HEIGHT, np.array([[8, 8, 40, 40]], np.float32), (names[index % len(names)],),
+            np.zeros(1, bool), filename=f"{image_id}.png"))
+    write_split(root, "trainval", ids)
+    write_split(root, "test", ids[-1:])
+    return root
+
+
+def sppdet(work: Path, *args: str):
+    """``sppdet ARGS --quiet`` in-process on work directory ``work``; the click result."""
+    runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
+    return runner.invoke(cli, [*args, "--quiet"])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 1, no traceback, an ``Error: ...`` line holding every fragment; returns that line."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(f"*{fileio.TEMP_SUFFIX}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. undecodable split files and annotations, NaN sizes
+
+
+def test_split_file_not_utf8_is_one_line(tmp_path):
+    root = write_dataset(tmp_path / "voc")
+    split = root / "ImageSets" / "Main" / "trainval.txt"
+    split.write_bytes(b"\xff\xfeim0\n")
+    with pytest.raises(DatasetError, match="must be UTF-8 text") as error:
+        read_split(root, "trainval")
+    assert str(split) in str(error.value)
+    result = sppdet(tmp_path / "work", "propose", "--data", str(root), "--split", "trainval", "--workers", "1")
+    assert_one_line_error(result, str(split), "UTF-8")
+
+
+BAD_XML = {
+    "utf16 bytes": b"\xff\xfe<\x00a\x00",
+    "latin1 declared utf8": b'<?xml version="1.0" encoding="utf-8"?><annotation>\xe9\xff</annotation>',
+    "unknown encoding": b'<?xml version="1.0" encoding="no-such-codec"?><annotation/>',
+    "truncated": b"<annotation><size><width>10</width>",
+}
+
+
+@pytest.mark.parametrize("content", BAD_XML.values(), ids=BAD_XML.keys())
+def test_undecodable_annotation_is_dataset_error(tmp_path, content):
+    path = tmp_path / "a.xml"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as error:
+        read_annotation(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("field,value", [("width", "nan"), ("height", "inf"), ("width", "-Infinity"),
+                                         ("width", "ten"), ("xmin", "nan"), ("ymax", "inf"), ("xmax", "1e")])
+def test_non_finite_numbers_in_annotation(tmp_path, field, value):
+    numbers = {"width": "64", "height": "48", "xmin": "1", "ymin": "1", "xmax": "20", "ymax": "20"}
+    numbers[field] = value
+    path = tmp_path / "a.xml"
+    path.write_text(f"<annotation><size><width>{numbers['width']}</width><height>{numbers['height']}"
+                    f"</height></size><object><name>c</name><bndbox>" +
+                    "".join(f"<{t}>{numbers[t]}</{t}>" for t in ("xmin", "ymin", "xmax", "ymax")) +
+                    "</bndbox></object></annotation>")
+    with pytest.raises(DatasetError, match=f"<{field}> is '{value}'") as error:
+        read_annotation(path)
+    assert str(path) in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. class names a dataset may hold: paths, TeX, rich markup
+
+HOSTILE = ("a/../../../esc", "m$\\foo$", "x[/b]")
+
+
+def test_safe_file_stem():
+    assert safe_file_stem("car") == "car" and safe_file_stem("dining-table_2") == "dining-table_2"
+    stems = [safe_file_stem(name) for name in (*HOSTILE, "x[/b", "x[/b]]", "a" * 200, "", ".", "..")]
+    assert len(set(stems)) == len(stems)
+    for stem in stems:
+        assert stem and "/" not in stem and "\\" not in stem and not stem.startswith(".") and len(stem) <= 73
+
+
+def test_hostile_class_names_in_eval_and_plots(tmp_path):
+    root = write_dataset(tmp_path / "data" / "voc", names=HOSTILE, count=3)
+    write_split(root, "test", ["im0", "im1", "im2"])
+    detections = tmp_path / "dets.json"
+    detections.write_text(json.dumps([{"image_id": f"im{k}", "category": name, "bbox": [8, 8, 32, 32],
+                                       "score": 0.9} for k, name in enumerate(HOSTILE)]))
+    plots = tmp_path / "data" / "plots"
+    before = set((tmp_path).rglob("*"))
+    result = sppdet(tmp_path / "work", "eval", "--data", str(root), "--split", "test",
+                    "--detections", str(detections), "--plots", str(plots))
+    assert result.exit_code == 0, result.output
+    for name in HOSTILE:
+        assert name in result.output  # printed as itself, not as rich markup
+    created = set(tmp_path.rglob("*")) - before
+    assert created and all(plots in path.parents or path == plots for path in created), created
+    assert len(list(plots.glob("pr_*.png"))) == 3
+
+
+def test_devkit_results_of_hostile_names_stay_in_their_folder(tmp_path):
+    from sppdet.evaluation.results_io import read_devkit_results, write_devkit_results
+    from sppdet.evaluation.voc_ap import Detections
+
+    folder = tmp_path / "deep" / "results"
+    detections = Detections(("im0",), [0, 0, 0], [[1, 1, 9, 9]] * 3, [0.5, 0.4, 0.3], [1, 2, 3])
+    write_devkit_results(folder, "test", detections, HOSTILE)
+    assert sorted(p.parent for p in tmp_path.rglob("*.txt")) == [folder] * 3
+    back = read_devkit_results(folder, "test", HOSTILE, ("im0",))
+    assert sorted(back.labels.tolist()) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. a repaired annotation warns in one line
+
+
+def test_inverted_box_warns_in_one_clean_line(tmp_path):
+    root = write_dataset(tmp_path / "voc")
+    xml = root / "Annotations" / "im1.xml"
+    xml.write_text(xml.read_text().replace("<xmin>9</xmin>", "<xmin>60</xmin>"))  # xmax 40 < xmin
+    detections = tmp_path / "dets.json"
+    detections.write_text("[]")
+    result = sppdet(tmp_path / "work", "eval", "--data", str(root), "--split", "trainval",
+                    "--detections", str(detections))
+    assert result.exit_code == 0, result.output
+    warning_lines = [line for line in result.output.splitlines() if "dropped 1 box" in line]
+    assert warning_lines and all(line.startswith(f"warning: {xml}: dropped 1 box") for line in warning_lines)
+    assert "warnings.warn" not in result.output and "DatasetWarning" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. bounds on input images
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header says ``width`` x ``height`` (1-bit grey) with one empty IDAT: tiny on
+    disk; reading its size must not decode (or allocate) anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
+
+
+def test_huge_image_refused_from_its_header(tmp_path):
+    path = tmp_path / "huge.png"
+    png_header_only(path, 30000, 30000)
+    with pytest.raises(DatasetError, match="900.0 megapixels, above the limit of 50") as error:
+        load_bgr(path)
+    assert str(error.value).startswith(f"{path}: ") and "SPPDET_MAX_PIXELS" in str(error.value)
+
+
+def test_extreme_aspect_ratio_refused(tmp_path):
+    path = tmp_path / "strip.png"
+    cv2.imwrite(str(path), np.zeros((16, 20000), np.uint8))
+    with pytest.raises(DatasetError, match="aspect ratio of 1250:1, above the limit of 20:1"):
+        load_bgr(path)
+
+
+def test_pixel_limit_from_environment_and_after_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), np.zeros((40, 50, 3), np.uint8))
+    assert load_bgr(path).shape == (40, 50, 3)
+    monkeypatch.setenv("SPPDET_MAX_PIXELS", "1000")
+    with pytest.raises(DatasetError, match="50 x 40 image"):
+        load_bgr(path)
+    monkeypatch.setattr(images, "header_size", lambda path: None)  # a format Pillow cannot read
+    with pytest.raises(DatasetError, match="50 x 40 image"):
+        load_bgr(path)
+
+
+def test_huge_image_in_a_dataset_is_one_line(tmp_path):
+    root = write_dataset(tmp_path / "voc")
+    big = root / "JPEGImages" / "im2.png"
+    png_header_only(big, 30000, 30000)
+    result = sppdet(tmp_path / "work", "propose", "--data", str(root), "--split", "trainval", "--workers", "1")
+    assert_one_line_error(result, str(big), "megapixels")
+
+
+def test_max_pixels_option(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPPDET_MAX_PIXELS", "")  # restored after the test: the option sets it
+    root = write_dataset(tmp_path / "voc")
+    result = sppdet(tmp_path / "work", "--max-pixels", "1000", "propose", "--data", str(root), "--workers", "1")
+    assert_one_line_error(result, "64 x 48 image", "above the limit of 0.001")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. read-only work directory, full disk, permissions
+
+
+def forbid_writes(monkeypatch) -> None:
+    """Make every atomic write fail as a read-only file system would."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+    monkeypatch.setattr(fileio, "tempfile", SimpleNamespace(mkstemp=refuse))
+
+
+def test_record_stage_writes_only_changes(tmp_path, monkeypatch):
+    work = WorkDir(tmp_path / "work")
+    work.record_stage("x", {"a": (1, 2), "b": 0.1})
+    work.update_config(data_root="/d")
+    forbid_writes(monkeypatch)
+    work.record_stage("x", {"a": [1, 2], "b": 0.1})  # same record: nothing written
+    work.update_config(data_root="/d")
+    with pytest.raises(OSError):
+        work.record_stage("x", {"a": [1, 3]})
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """A work directory where propose and pretrain (random windows) are done: (root, work)."""
+    base = tmp_path_factory.mktemp("cached")
+    root, work = write_dataset(base / "voc"), base / "work"
+    for args in (("propose", "--data", str(root), "--workers", "1"), ("pretrain", *TINY_OPTIONS)):
+        result = sppdet(work, *args)
+        assert result.exit_code == 0, result.output
+    return root, work
+
+
+def test_fully_cached_rerun_writes_nothing(cached, monkeypatch):
+    root, work = cached
+    forbid_writes(monkeypatch)
+    for args in (("propose", "--workers", "1"), ("pretrain", *TINY_OPTIONS), ("status",)):
+        result = sppdet(work, *args)
+        assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_work_directory_fully_cached(cached):
+    root, work = cached
+    paths = [work, *work.rglob("*")]
+    modes = {path: path.stat().st_mode for path in paths}
+    try:
+        for path in paths:
+            path.chmod(modes[path] & ~0o222)
+        result = sppdet(work, "pretrain", *TINY_OPTIONS)
+        assert result.exit_code == 0, result.output
+    finally:
+        for path in reversed(paths):
+            path.chmod(modes[path])
+
+
+@pytest.mark.parametrize("code,advice", [(errno.ENOSPC, "free some space"), (errno.EACCES, "permission denied"),
+                                         (errno.EROFS, "read-only")])
+def test_os_errors_are_one_line(tmp_path, monkeypatch, code, advice):
+    root = write_dataset(tmp_path / "voc")
+    real_fsync = fileio._fsync
+
+    def fail(path):
+        real_fsync(path)
+        raise OSError(code, os.strerror(code))  # as a write or flush of the data would
+    monkeypatch.setattr(fileio, "_fsync", fail)
+    work = tmp_path / "work"
+    result = sppdet(work, "propose", "--data", str(root), "--workers", "1")
+    line = assert_one_line_error(result, advice)
+    assert line.startswith(f"Error: {work}")  # names the file it could not write, not a temp file
+    assert not temp_files(work)  # nothing half-written is left
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. corrupt model files, fsync, leftover temp files
+
+
+def test_atomic_write_fsyncs_before_rename(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: calls.append(("fsync", fd)))
+    real_replace = os.replace
+    monkeypatch.setattr(fileio.os, "replace", lambda a, b: (calls.append(("replace", b)), real_replace(a, b)))
+    atomic_write_bytes(tmp_path / "f.bin", b"data")
+    assert [c[0] for c in calls] == ["fsync", "replace"] and (tmp_path / "f.bin").read_bytes() == b"data"
+
+
+def test_leftover_temp_files_of_dead_writers_are_removed(tmp_path):
+    work = WorkDir(tmp_path / "work")
+    folder = work.stage_dir("propose", {"x": 1})
+    host = fileio._HOST
+    dead = folder / f".im0.npy.{host}-{2 ** 31 - 2}.abc123.tmp"
+    live = folder / f".im1.npy.{host}-{os.getpid()}.def456.tmp"
+    deeper = folder / "hflip" / f".im0.npz.{host}-{2 ** 31 - 2}.zz.tmp"
+    other_machine = folder / f".im2.npy.{host}x-{2 ** 31 - 2}.gh789.tmp"  # a shard on a shared disk
+    for path in (dead, live, deeper, other_machine):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    assert work.stage_dir("propose", {"x": 1}) == folder
+    assert not dead.exists() and not deeper.exists() and live.exists() and other_machine.exists()
+
+
+@pytest.mark.parametrize("name,damage", [(TRUNK_FILE, b""), (HEAD_FILE, b""), (TRUNK_FILE, b"PK\x03\x04 cut")])
+def test_corrupt_pretrain_output_is_trained_again(tmp_path, name, damage):
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    job = prepare_pretrain(work, TINY, data_root=root, device="cpu")
+    assert not run_pretrain(job).skipped
+    (job.folder / name).write_bytes(damage)
+    again = prepare_pretrain(work, TINY, device="cpu")
+    with pytest.warns(SppdetWarning, match=f"{name}.*computed again"):
+        assert not again.done
+    with pytest.warns(SppdetWarning):
+        summary = run_pretrain(again)
+    assert not summary.skipped
+    torch.load(job.folder / TRUNK_FILE, weights_only=True)
+    assert run_pretrain(prepare_pretrain(work, TINY, device="cpu")).skipped
+
+
+def test_corrupt_trunk_through_the_cli(cached, tmp_path):
+    import shutil
+    root, work = cached
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    trunk = next(copy.glob(f"pretrain-*/{TRUNK_FILE}"))
+    trunk.write_bytes(b"")
+    result = sppdet(copy, "pretrain", *TINY_OPTIONS)
+    assert result.exit_code == 0, result.output
+    assert "already trained" not in result.output and f"warning: {trunk}: empty file" in result.output
+    assert trunk.stat().st_size > 0
+
+
+def test_corrupt_svm_file_is_not_reused(tmp_path):
+    from sppdet.models.model_file import model_file_problem, reusable, write_model_file
+
+    path = tmp_path / "svm.npz"
+    assert not reusable(path, lambda p: model_file_problem(p, "svm"))  # missing: no warning
+    write_model_file(path, "svm", {"weights": np.zeros((2, 3))}, {})
+    assert reusable(path, lambda p: model_file_problem(p, "svm"))
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.warns(SppdetWarning, match="svm.npz: cannot read the model.*computed again"):
+        assert not reusable(path, lambda p: model_file_problem(p, "svm"))
+
+
+def test_unreadable_model_files_say_delete(tmp_path):
+    from sppdet.errors import ModelError
+    from sppdet.models.backbones import build_backbone
+    from sppdet.models.head import load_head
+    from sppdet.models.svm import SvmModel
+
+    for path in (tmp_path / "empty.npz", tmp_path / "empty.pt"):
+        path.write_bytes(b"")
+    with pytest.raises(ModelError, match="delete it"):
+        SvmModel.load(tmp_path / "empty.npz")
+    with pytest.raises(ModelError, match="delete it"):
+        load_head(tmp_path / "empty.pt")
+    with pytest.raises(ModelError, match="delete it"):
+        build_backbone("zf5", 0.125, tmp_path / "empty.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. a diverging loss stops training
+
+
+def test_nan_loss_stops_the_head(tmp_path):
+    head = FcHead(8, (4, 4), 2)
+
+    def batches(epoch):
+        yield np.full((4, 8), np.nan, np.float32), np.zeros(4, np.int64)
+    with pytest.raises(TrainingError, match=r"sppdet finetune: the training loss became nan .*lower --lr"):
+        train_head(head, batches, epochs=1, lr=0.01)
+
+
+def test_nan_loss_stops_pretrain_and_saves_nothing(tmp_path, monkeypatch):
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    result = sppdet(work, "pretrain", "--data", str(root), *TINY_OPTIONS)
+    assert_one_line_error(result, "sppdet pretrain: the training loss became nan", "--lr")
+    folder = next(work.glob("pretrain-*"))
+    assert not any((folder / name).exists() for name in (TRUNK_FILE, HEAD_FILE, INFO_FILE))
+    assert "pretrain" not in WorkDir(work).config().get("stages", {})
