@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from scenes import cli_runner
 from sppdet.workdir.store import WorkDir
 from sppdet.models.svm import SvmModel
 
@@ -17,7 +16,7 @@ TINY = ["--width", "0.125"]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, cli_runner):
     root = tmp_path_factory.mktemp("ablation-cli")
     work, data = root / "work", root / "data"
     sppdet = cli_runner(work)

@@ -39,7 +39,6 @@ from sppdet.models.object_copies import augmented_windows
 from sppdet.data.images import load_bgr
 from sppdet.stages.train_svm import BALANCE_IMAGES, BALANCE_WINDOWS, run_train_svm
 from sppdet.workdir.window_source import WindowSource
-from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")
 TINY = dict(backbone="zf5", width=0.125, scales=(96,), device="cpu")
@@ -128,13 +127,8 @@ def test_check_names(tmp_path):
 # a tiny trained work directory
 
 
-def _scene(rng: np.random.Generator, height: int = 120, width: int = 160):
-    """A noisy background with 1-2 filled shapes: (BGR image, boxes [G, 4], names)."""
-    return shape_scene(rng, CLASSES, height, width, (28, 50))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, shape_scene, write_scene_dataset):
     """(work directory, dataset root, folder of new images) with every stage trained."""
     base = tmp_path_factory.mktemp("detect")
     root, work = base / "voc", base / "work"
@@ -150,9 +144,9 @@ def trained(tmp_path_factory):
 
     new = base / "new"
     new.mkdir()
-    image, _, _ = _scene(np.random.default_rng(1))
+    image, _, _ = shape_scene(np.random.default_rng(1), CLASSES, 120, 160, (28, 50))
     cv2.imwrite(str(new / "gray.png"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-    image, _, _ = _scene(np.random.default_rng(2), 100, 150)
+    image, _, _ = shape_scene(np.random.default_rng(2), CLASSES, 100, 150, (28, 50))
     alpha = np.full((100, 150, 1), 255, np.uint8)
     alpha[:10] = 0
     cv2.imwrite(str(new / "rgba.png"), np.concatenate([image, alpha], axis=2))

@@ -10,14 +10,13 @@ import json
 
 import pytest
 
-from scenes import cli_runner
 
 TINY = ["--width", "0.125"]
 SCALE = ["--scales", "160"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, cli_runner):
     root = tmp_path_factory.mktemp("e2e")
     work, data = root / "work", root / "data"
     sppdet = cli_runner(work)

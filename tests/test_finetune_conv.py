@@ -26,7 +26,6 @@ from sppdet.ops.spp import choose_scales, pool_windows, pooled_dim
 from sppdet.fileio import file_hash
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.window_source import WindowSource, pooled_feature_hash
-from scenes import shape_scene, write_scene_dataset
 
 CLASSES = ("disc", "square")
 SCALES = (96, 192)
@@ -36,7 +35,7 @@ CLI_ARGS = ["finetune", "--train-conv", "--hidden", "32,32", "--epochs", "2",
             "--windows-per-image", "16", "--device", "cpu", "--quiet"]
 
 
-def _image_and_boxes(seed=0):
+def _image_and_boxes(shape_scene, seed=0):
     """A 120 x 160 scene and windows of many sizes: whole image, halves, objects, small boxes."""
     rng = np.random.default_rng(seed)
     image, gt, _ = shape_scene(rng, CLASSES, 120, 160, (28, 50))
@@ -60,9 +59,9 @@ def _plain_maps(backbone, image, scales):
     return maps, np.asarray(factors, np.float32)
 
 
-def test_end_to_end_pooling_matches_pool_windows_on_the_maps():
+def test_end_to_end_pooling_matches_pool_windows_on_the_maps(shape_scene):
     backbone = build_backbone("zf5", 0.125, "none", seed=1)
-    image, boxes = _image_and_boxes()
+    image, boxes = _image_and_boxes(shape_scene)
     scales = (128, 256, 512)
     maps, factors = _plain_maps(backbone, image, scales)
     assert set(choose_scales(boxes, factors).tolist()) == {0, 1, 2}, "the windows must span every scale"
@@ -88,9 +87,9 @@ def test_trainable_trunk_folds_its_input_scale_back():
         torch.testing.assert_close(state[name], value, rtol=1e-6, atol=1e-9)
 
 
-def test_gradients_reach_every_conv_layer():
+def test_gradients_reach_every_conv_layer(shape_scene):
     backbone = build_backbone("zf5", 0.125, "none", seed=3)
-    image, boxes = _image_and_boxes(1)
+    image, boxes = _image_and_boxes(shape_scene, 1)
     trunk = TrainableTrunk(backbone)
     head = FcHead(pooled_dim(backbone.channels), (16, 16), len(CLASSES), dropout=0.0)
     labels = torch.arange(len(boxes)) % (len(CLASSES) + 1)
@@ -102,7 +101,7 @@ def test_gradients_reach_every_conv_layer():
         assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
 
 
-def _labelled_batch(seed=5):
+def _labelled_batch(shape_scene, seed=5):
     """Two scenes, each with its ground truth, jittered copies of it and random 30 px windows,
     labelled as fine-tuning labels them (background below IoU 0.5)."""
     rng = np.random.default_rng(seed)
@@ -144,12 +143,12 @@ def _train(backbone, batch, scales, conv_lr_mult, tmp_path):
     return before, _loss(tuned, head, batch, scales), history, tuned
 
 
-def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
+def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path, shape_scene):
     backbone = build_backbone("zf5", 0.125, "none", seed=4)
     with torch.no_grad():  # conv5 of unit size, as a pretrained trunk (its conv1 folds 1 / 64)
         backbone.trunk.conv1.weight.div_(64)
     conv1 = backbone.trunk.conv1.weight.clone()
-    batch, scales = _labelled_batch(), (96, 192)
+    batch, scales = _labelled_batch(shape_scene), (96, 192)
     before, after, history, tuned = _train(backbone, batch, scales, 1.0, tmp_path)
     assert torch.equal(backbone.trunk.conv1.weight, conv1), "the caller's trunk stays untouched"
     assert not torch.equal(tuned.trunk.conv1.weight, conv1)
@@ -166,7 +165,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
+def tuned(tmp_path_factory, write_scene_dataset):
     """(work directory, dataset root, features before, summary) after one --train-conv run."""
     base = tmp_path_factory.mktemp("train-conv")
     root, work = base / "voc", base / "work"

@@ -94,8 +94,7 @@ def test_auto_precision_follows_the_hardware(tmp_path):
     assert auto_precision("cpu", str(tmp_path / "missing")) == "float32"
 
 
-def test_cli_pretrain_then_extract_without_width_uses_the_trunk(tmp_path, voc):
-    from scenes import cli_runner
+def test_cli_pretrain_then_extract_without_width_uses_the_trunk(tmp_path, voc, cli_runner):
 
     sppdet = cli_runner(tmp_path / "cli-work")
     sppdet("pretrain", "--data", str(voc), "--width", "0.125", "--epochs", "1", "--sizes", "48,40",

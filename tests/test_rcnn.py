@@ -30,7 +30,6 @@ from sppdet.ops.spp import pooled_dim, spp_pool
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.trained import trained_svms
 from sppdet.workdir.window_source import WindowSource
-from scenes import shape_scene, write_scene_dataset
 
 # ---------------------------------------------------------------------------------------------
 # the warp, against a slow reference written from R-CNN's appendix A
@@ -196,13 +195,8 @@ TRUNK = ["--width", "0.125"]
 CROPS = ["--crop-size", "48", "--context", "6"]
 
 
-def _scene(rng: np.random.Generator, height: int = 96, width: int = 128):
-    """A noisy background with 1-2 filled shapes: (BGR image, boxes [G, 4], names)."""
-    return shape_scene(rng, CLASSES, height, width, (26, 44))
-
-
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, write_scene_dataset):
     base = tmp_path_factory.mktemp("rcnn")
     root, work = base / "voc", base / "work"
     rng = np.random.default_rng(0)

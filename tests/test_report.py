@@ -5,14 +5,10 @@ the numbers it is computed from."""
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import report_text  # noqa: E402
+import report_text  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 
 SETTINGS = {"scale_1": 448, "scales_demo": [448, 896], "scales_5": [313, 375, 448, 563, 781], "rcnn_crop": 64,
             "rcnn_context": 5, "backbone": "--backbone zf5 --width 0.25", "demo_svm_layer": "pool5"}

@@ -8,12 +8,11 @@ import shutil
 
 import pytest
 
-from scenes import cli_runner
 from sppdet.data.voc import read_split
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, cli_runner):
     root = tmp_path_factory.mktemp("train")
     work, data = root / "work", root / "cells"
     sppdet = cli_runner(work)
@@ -63,7 +62,7 @@ def test_a_second_train_reuses_everything(trained):
     assert "pretrain: cached" in again and "0 images computed" in again
 
 
-def test_status_of_a_half_done_work_directory(trained, tmp_path):
+def test_status_of_a_half_done_work_directory(trained, tmp_path, cli_runner):
     data = trained[3]
     sppdet = cli_runner(tmp_path / "half")
     sppdet("propose", "--data", str(data), "--split", "trainval", "--workers", "1", "--max-side", "160")

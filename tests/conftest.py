@@ -1,5 +1,7 @@
-"""Tiny two-class scenes shared by tests that train a detector end to end (test_detect, test_rcnn,
-test_finetune_conv)."""
+"""Shared test fixtures: tiny two-class shape scenes (``shape_scene``, ``write_scene_dataset``)
+for the tests that train a detector end to end, and ``cli_runner`` for the tests that drive the
+``sppdet`` command in-process. Each fixture hands out a function, so module-scoped fixtures can
+build their work directories with it."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
 from sppdet.data.voc import Annotation, write_annotation
 
 
-def shape_scene(rng: np.random.Generator, classes: tuple[str, str], height: int, width: int,
+def _shape_scene(rng: np.random.Generator, classes: tuple[str, str], height: int, width: int,
                 sizes: tuple[int, int]):
     """A noisy background with 1-2 filled shapes of random colour: (BGR uint8 image [H, W, 3],
     boxes float32 [G, 4] (x1, y1, x2, y2), names). A class named "square" is drawn as a square, any
@@ -35,14 +38,14 @@ def shape_scene(rng: np.random.Generator, classes: tuple[str, str], height: int,
     return image, np.array(boxes, np.float32), tuple(names)
 
 
-def write_scene_dataset(root: Path, classes: tuple[str, str], count: int, rng: np.random.Generator,
+def _write_scene_dataset(root: Path, classes: tuple[str, str], count: int, rng: np.random.Generator,
                         height: int, width: int, sizes: tuple[int, int]) -> list[str]:
-    """Write ``count`` :func:`shape_scene` images (PNG) and their VOC annotations under ``root``
+    """Write ``count`` :func:`_shape_scene` images (PNG) and their VOC annotations under ``root``
     (no split files); returns their ids "000", "001", ..."""
     ids = [f"{i:03d}" for i in range(count)]
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     for image_id in ids:
-        image, boxes, names = shape_scene(rng, classes, height, width, sizes)
+        image, boxes, names = _shape_scene(rng, classes, height, width, sizes)
         cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.png"), image)
         write_annotation(root / "Annotations" / f"{image_id}.xml", Annotation(
             image_id=image_id, width=width, height=height, boxes=boxes, names=names,
@@ -50,7 +53,7 @@ def write_scene_dataset(root: Path, classes: tuple[str, str], count: int, rng: n
     return ids
 
 
-def cli_runner(work: Path):
+def _cli_runner(work: Path):
     """``sppdet(*args, code=0)``: run ``sppdet ARGS --quiet`` in-process on work directory ``work``,
     assert its exit code is ``code`` (showing the output otherwise) and return the click result."""
     runner = CliRunner(env={"SPPDET_WORKDIR": str(work)})
@@ -61,3 +64,21 @@ def cli_runner(work: Path):
         return result
 
     return sppdet
+
+
+@pytest.fixture(scope="session")
+def shape_scene():
+    """``shape_scene(rng, classes, height, width, sizes)`` -> (image, boxes, names)."""
+    return _shape_scene
+
+
+@pytest.fixture(scope="session")
+def write_scene_dataset():
+    """``write_scene_dataset(root, classes, count, rng, height, width, sizes)`` -> ids."""
+    return _write_scene_dataset
+
+
+@pytest.fixture(scope="session")
+def cli_runner():
+    """``cli_runner(work)`` -> ``sppdet(*args, code=0)`` running the CLI on work directory ``work``."""
+    return _cli_runner
