@@ -70,7 +70,9 @@ def eval_command(workdir, data_root, split, metric, iou_threshold, detections_pa
     from sppdet.workdir.trained import detect_split, require_trained
     with library_errors():
         work = WorkDir(workdir)
-        root = work.data_root(data_root)
+        # scoring --detections files reads only the dataset, so any --data will do; the work
+        # directory's own detector reads its caches, which belong to its recorded dataset
+        root = work.data_root(data_root, other_root_ok=detections_path is not None)
         classes = discover_classes(root)
         split_dir = work.split_dir(root)
         image_ids = read_split(root, split, split_dir)

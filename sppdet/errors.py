@@ -31,6 +31,11 @@ class TrainingError(SppdetError):
     """Training diverged (a NaN or infinite loss); nothing was saved and settings must change."""
 
 
+class WorkerError(SppdetError):
+    """A worker process of a pool died (killed, e.g. out of memory) while on an item; what the
+    other workers finished is kept, so a re-run continues."""
+
+
 class SppdetWarning(UserWarning):
     """Something a user should know that does not stop the run (e.g. a repaired annotation, a
     corrupt cached file computed again). The CLI shows these as one line ``warning: MESSAGE``."""

@@ -3,7 +3,8 @@
 Stages are written as a pure function of one image id (plus picklable settings) that writes
 its own cache file; this module decides where that function runs. ``workers=1`` runs inline
 (no process start-up, easiest to debug); more workers use a ``spawn`` process pool, so no
-torch/OpenCV thread state is inherited from the parent.
+torch/OpenCV thread state is inherited from the parent. A worker that dies (e.g. killed by the
+out-of-memory killer) is one ``WorkerError`` line naming the item it was on, never a hang.
 
 Progress: library loops accept ``progress: Progress | None``, a callable invoked as
 ``progress(advance, **fields)`` (e.g. ``progress(1, loss=0.3)``) after each unit of work. The
@@ -15,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence, TypeVar
 
-from sppdet.errors import ConfigError
+from sppdet.errors import ConfigError, WorkerError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -66,25 +70,104 @@ def select_shard(items: Sequence[T], index: int, count: int) -> list[T]:
     return list(items[index - 1 :: count])
 
 
-def _init_worker() -> None:
-    # One thread per worker: the pool already uses every core.
+#: In a pool worker: the queue on which it announces ``(pid, item index)`` before each item, so
+#: the parent can name the item a dead worker was on (None outside a pool).
+_STARTED = None
+
+
+def _init_worker(started=None) -> None:
+    """Set up a pool worker: one thread (the pool already uses every core); keep ``started``."""
+    global _STARTED
     import cv2
     import torch
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    _STARTED = started
 
 
-def map_unordered(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
+def _run_item(fn: Callable[[T], R], index: int, item: T) -> R:
+    """In a pool worker: announce ``index`` on the started queue, then compute ``fn(item)``."""
+    if _STARTED is not None:
+        _STARTED.put((os.getpid(), index))
+    return fn(item)
+
+
+def map_unordered(fn: Callable[[T], R], items: Iterable[T], workers: int = 1,
+                  describe: Callable[[T], str] = str) -> Iterator[R]:
     """Yield ``fn(item)`` for every item, in completion order when ``workers > 1``.
 
     ``fn`` and the items must be picklable (module-level function, plain data) for workers > 1.
+    A worker that dies (killed, e.g. by the out-of-memory killer) raises :class:`WorkerError`
+    naming ``describe(item)`` of the item it was on, never a hang: a ``ProcessPoolExecutor``
+    notices the death (a ``multiprocessing.Pool`` would wait for the lost item for ever).
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         for item in items:
             yield fn(item)
         return
+    yield from _pool_map(fn, items, min(workers, len(items)), describe)
+
+
+def _pool_map(fn: Callable[[T], R], items: list[T], workers: int,
+              describe: Callable[[T], str]) -> Iterator[R]:
+    """:func:`map_unordered` over a ``spawn`` process pool of ``workers`` processes."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(items)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(fn, items, chunksize=1)
+    tracker = _Tracker(context.SimpleQueue())
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(tracker.started,))
+    try:
+        futures = {pool.submit(_run_item, fn, index, item): index for index, item in enumerate(items)}
+        tracker.processes = {p.pid: p for p in multiprocessing.active_children()}  # all spawned by now
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)  # the workers are joined: their exit codes are known
+                raise WorkerError(_death_message([describe(items[i]) for i in tracker.dead_items()])) from None
+            tracker.finish(futures[future])
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C, an error: start no more items
+
+
+class _Tracker:
+    """Which item each pool worker is on, from the ``(pid, index)`` announcements of
+    :func:`_run_item` (drained after every result, so the pipe never fills up)."""
+
+    def __init__(self, started):
+        self.started = started
+        self.processes: dict = {}  # pid -> multiprocessing.Process
+        self.running: dict[int, int] = {}  # item index -> pid
+        self.finished: set[int] = set()
+
+    def drain(self) -> None:
+        while not self.started.empty():
+            pid, index = self.started.get()
+            if index not in self.finished:
+                self.running[index] = pid
+
+    def finish(self, index: int) -> None:
+        self.drain()
+        self.finished.add(index)
+        self.running.pop(index, None)
+
+    def dead_items(self) -> list[int]:
+        """The items whose worker died on its own: not terminated by the pool after the death
+        (exit code -SIGTERM); every unfinished started item when that cannot be told."""
+        self.drain()
+        dead = [index for index, pid in sorted(self.running.items())
+                if self._exit_code(pid) not in (0, -signal.SIGTERM)]
+        return dead or sorted(self.running)
+
+    def _exit_code(self, pid: int) -> int | None:
+        process = self.processes.get(pid)
+        return None if process is None else process.exitcode
+
+
+def _death_message(names: list[str]) -> str:
+    """The one line for a dead worker that was on the items ``names``."""
+    on = " or ".join(names) if names else "an unknown item"
+    return (f"a worker process died (killed, out of memory?) while on {on}; "
+            "re-run to continue: finished images are kept")

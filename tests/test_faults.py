@@ -432,3 +432,124 @@ def test_nan_loss_stops_pretrain_and_saves_nothing(tmp_path, monkeypatch):
     folder = next(work.glob("pretrain-*"))
     assert not any((folder / name).exists() for name in (TRUNK_FILE, HEAD_FILE, INFO_FILE))
     assert "pretrain" not in WorkDir(work).config().get("stages", {})
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. concurrent runs and dead workers (issue 17, "Concurrency" and "Workers")
+
+
+def test_concurrent_records_lose_no_update(tmp_path):
+    import multiprocessing
+
+    from fault_workers import record_many
+
+    work, writers, count = tmp_path / "work", 4, 15
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=record_many, args=(str(work), writer, count)) for writer in range(writers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    config = WorkDir(work).config()
+    pairs = [(w, i) for w in range(writers) for i in range(count)]
+    assert set(config["stages"]) == {f"w{w}-s{i}" for w, i in pairs}  # lost updates without the lock
+    assert {key for key in config if key.startswith("w")} == {f"w{w}-k{i}" for w, i in pairs}
+    assert (work / ".config.lock").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_killed_pool_worker_is_one_error_naming_its_item():
+    """A worker killed as the OOM killer does: one error naming its item (it hung for ever with
+    multiprocessing.Pool). A normal parallel run is covered by test_propose and test_synth."""
+    from fault_workers import die_on_boom
+    from sppdet.errors import WorkerError
+    from sppdet.parallel import map_unordered
+
+    items = ["a", "b", "boom", "c"]
+    with pytest.raises(WorkerError) as caught:
+        list(map_unordered(die_on_boom, items, workers=2, describe=lambda item: f"JPEGImages/{item}.png"))
+    message = str(caught.value)
+    assert message == ("a worker process died (killed, out of memory?) while on JPEGImages/boom.png; "
+                       "re-run to continue: finished images are kept")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. content identity of model files
+
+
+def test_saved_model_files_depend_on_content_only(tmp_path):
+    """torch.save to a path names its archive after the (random) temporary file name, so an
+    identical re-run gave other bytes, another file_hash, and retrained every later stage."""
+    import zipfile
+
+    from sppdet.fileio import file_hash
+    from sppdet.models.head import save_head
+    from sppdet.models.model_file import save_torch_file
+
+    torch.manual_seed(0)
+    head = FcHead(8, (4, 4), 2)
+    for name in ("a.pt", "b.pt"):
+        save_head(tmp_path / name, head, {"stage": "finetune"})
+        save_torch_file(tmp_path / f"trunk-{name}", {"conv1.weight": torch.ones(2, 3)})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert file_hash(tmp_path / "trunk-a.pt") == file_hash(tmp_path / "trunk-b.pt")
+    assert {n.split("/")[0] for n in zipfile.ZipFile(tmp_path / "a.pt").namelist()} == {"archive"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. one work directory, one dataset
+
+
+@pytest.mark.parametrize("stage", ["propose", "pretrain", "extract", "finetune", "train-svm", "train-bbox", "train",
+                                   "eval"])
+def test_another_dataset_root_is_refused(cached, tmp_path, stage):
+    """Before, propose --data B recorded B while extract and pretrain kept A's caches, so A's
+    features were pooled for B's boxes wherever the image ids overlapped. Every stage that uses
+    the work directory's caches refuses; eval of --detections files may read any dataset."""
+    root, work = cached
+    other = write_dataset(tmp_path / "other")
+    before = (work / "config.json").read_bytes()
+    result = sppdet(work, stage, "--data", str(other))
+    assert_one_line_error(result, f"{work} was made for dataset {root.resolve()}; use another --workdir "
+                                  f"for {other.resolve()}, or delete {work / 'config.json'} to start over")
+    assert (work / "config.json").read_bytes() == before
+
+
+def test_the_same_root_by_another_path_is_accepted(cached, tmp_path, monkeypatch):
+    root, work = cached
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    monkeypatch.chdir(root.parent)
+    for path in (str(link), root.name, f"{root}/"):
+        result = sppdet(work, "propose", "--data", path, "--workers", "1")
+        assert result.exit_code == 0, result.output
+
+
+def test_eval_of_detection_files_may_read_another_root(cached, tmp_path):
+    root, work = cached
+    other = write_dataset(tmp_path / "other")
+    detections = tmp_path / "det.json"
+    detections.write_text(json.dumps([{"image_id": "im3", "category_id": 2, "bbox": [8, 8, 32, 32], "score": 0.9}]))
+    result = sppdet(work, "eval", "--data", str(other), "--split", "test", "--detections", str(detections))
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. a fully cached `sppdet train` writes no summary
+
+
+def test_train_summary_kept_when_only_times_differ(tmp_path, monkeypatch):
+    """Before, every `sppdet train` re-run rewrote train-summary.json (its times), so a fully
+    trained, read-only work directory could not re-run train."""
+    from sppdet.pipelines.train import write_summary
+
+    path = tmp_path / "train-summary.json"
+    summary = {"splits": {"train": "train"}, "val_map": 0.5, "settings": [("C", 1.0)], "times": [1.0], "seconds": 3.0}
+    write_summary(path, summary)
+    before = path.read_bytes()
+    forbid_writes(monkeypatch)
+    write_summary(path, {**summary, "times": [0.1], "seconds": 0.2})  # a fully cached re-run
+    assert path.read_bytes() == before
+    with pytest.raises(OSError):
+        write_summary(path, {**summary, "val_map": 0.6})  # something else trained: written

@@ -57,9 +57,12 @@ def test_status_of_a_finished_work_directory(trained):
 
 
 def test_a_second_train_reuses_everything(trained):
-    sppdet, _, _, data, _, _ = trained
+    sppdet, _, work, data, _, _ = trained
+    summary = (work / "train-summary.json").stat()
     again = sppdet("train", "--data", str(data)).output
     assert "pretrain: cached" in again and "0 images computed" in again
+    after = (work / "train-summary.json").stat()  # the summary of the run that trained is kept
+    assert (after.st_ino, after.st_mtime_ns) == (summary.st_ino, summary.st_mtime_ns)
 
 
 def test_status_of_a_half_done_work_directory(trained, tmp_path, cli_runner):

@@ -26,7 +26,8 @@ from torch import nn
 from sppdet.structures.boxes import iou_matrix
 from sppdet.errors import ModelError, TrainingError
 from sppdet.parallel import Progress, no_progress
-from sppdet.fileio import atomic_path, to_jsonable
+from sppdet.fileio import to_jsonable
+from sppdet.models.model_file import save_torch_file
 
 
 class FcHead(nn.Module):
@@ -57,8 +58,7 @@ def save_head(path: str | os.PathLike, head: FcHead, metadata: dict) -> None:
     """Save the head's state dict and ``metadata`` (JSON-able) atomically; load with :func:`load_head`."""
     payload = {"state": head.state_dict(),
                "meta": json.dumps(to_jsonable({**metadata, "architecture": head.describe()}), sort_keys=True)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(path, payload)
 
 
 def load_head(path: str | os.PathLike, expected_in_dim: int | None = None) -> tuple[FcHead, dict]:

@@ -11,6 +11,7 @@ as a warning and computed again, so re-running the stage repairs it.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 import zipfile
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from sppdet.errors import ModelError, SppdetWarning
-from sppdet.fileio import atomic_save_npz, to_jsonable
+from sppdet.fileio import atomic_save_npz, atomic_write_bytes, to_jsonable
 
 
 def write_model_file(path, kind: str, arrays: dict, metadata: dict) -> None:
@@ -61,6 +62,20 @@ def model_file_problem(path, kind: str) -> str | None:
     except ModelError as exc:
         return str(exc)
     return None
+
+
+def save_torch_file(path, value) -> None:
+    """``torch.save`` ``value`` to ``path`` atomically, with bytes that depend on ``value`` only.
+
+    ``torch.save`` to a file names the zip archive inside after the file name, which for an
+    atomic write is a random temporary name: an identical re-run would give other bytes, another
+    ``file_hash`` and so retrain everything downstream. Saved into memory, the archive is always
+    named ``archive``."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def torch_file_problem(path) -> str | None:

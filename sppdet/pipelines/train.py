@@ -19,6 +19,7 @@ What it leaves behind: the usual stage records in ``config.json`` (so ``eval``, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from sppdet.workdir.records import SELECTION_RECORD
 from sppdet.pipelines.selection import POOLED_MEMO_BYTES, Selection, ValScorer, select_settings, split_size
 from sppdet.training.splits import VAL_FRACTION, TrainingSplits, resolve_training_splits
 from sppdet.fileio import atomic_write_json, content_hash, read_json, to_jsonable
+from sppdet.errors import WorkdirError
 from sppdet.workdir.store import WorkDir
 from sppdet.stages.train_svm import run_train_svm
 from sppdet.workdir.window_source import PooledMemo, memory_budget
@@ -183,12 +185,36 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
         "final_split": splits.final, "trials": [dataclasses.asdict(t) for t in chosen.trials]})
     seconds = time.perf_counter() - began
     path = work.root / SUMMARY_FILE
-    atomic_write_json(path, {
+    write_summary(path, {
         "data_root": str(settings.data_root), "splits": dataclasses.asdict(splits),
         "settings": [{"setting": k, "value": v, "source": s} for k, v, s in settings.rows()],
         "times": [dataclasses.asdict(t) for t in times], "seconds": seconds,
         "selection": to_jsonable(chosen), "val_map": chosen.val_map})
     return TrainResult(plan, chosen, times, seconds, path)
+
+
+#: Summary entries that describe the run itself, not what it trained: a fully cached re-run
+#: differs from the run that trained in these only.
+RUN_ENTRIES = ("times", "seconds")
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """Write ``summary`` as ``path`` unless the existing summary says the same apart from
+    :data:`RUN_ENTRIES`: a fully cached re-run keeps the summary (and times) of the run that
+    trained, and writes nothing, so it works in a read-only work directory."""
+    if path.is_file():
+        try:
+            old = read_json(path)
+        except WorkdirError:
+            old = None  # unreadable: written again
+        if isinstance(old, dict) and _without_run_entries(old) == _without_run_entries(to_jsonable(summary)):
+            return
+    atomic_write_json(path, summary)
+
+
+def _without_run_entries(summary: dict) -> str:
+    """``summary`` less :data:`RUN_ENTRIES`, as canonical JSON (tuples and lists alike)."""
+    return json.dumps(to_jsonable({k: v for k, v in summary.items() if k not in RUN_ENTRIES}), sort_keys=True)
 
 
 def budget_epochs(work: WorkDir, job, minutes: float) -> int:

@@ -50,10 +50,10 @@ from sppdet.workdir.trained import feature_trunk
 from sppdet.workdir.caches import features_dir, features_info
 from sppdet.training.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.models.head import FcHead, iterate_minibatches, load_head, save_head, train_head
-from sppdet.models.model_file import reusable, torch_file_problem
+from sppdet.models.model_file import reusable, save_torch_file, torch_file_problem
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
-from sppdet.fileio import atomic_path, file_hash
+from sppdet.fileio import file_hash
 from sppdet.workdir.records import FINETUNE_RECORD
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.window_source import WindowSource, pooled_feature_hash
@@ -143,8 +143,7 @@ def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source:
     features = features_info(start).config
     state, history = train_end_to_end(backbone, head, images, features.scales, config, device,
                                       source.levels, progress, target=features.target)
-    with atomic_path(trunk_path) as tmp:
-        torch.save(state, tmp)
+    save_torch_file(trunk_path, state)
     return history
 
 

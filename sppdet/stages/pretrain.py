@@ -29,14 +29,14 @@ from sppdet.config import PretrainConfig
 from sppdet.data.voc import VocDataset
 from sppdet.errors import WorkdirError
 from sppdet.models.head import load_head, save_head
-from sppdet.models.model_file import reusable, torch_file_problem
+from sppdet.models.model_file import reusable, save_torch_file, torch_file_problem
 from sppdet.parallel import Progress, no_progress
 from sppdet.training.pretrain import (CropClassifier, EpochStats, check_config, new_classifier, seconds_per_epoch,
                                       train_classifier)
 from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.training.random_windows import random_window_source
 from sppdet.ops.spp import LEVELS, pooled_dim
-from sppdet.fileio import atomic_path, atomic_write_json, read_json, to_jsonable
+from sppdet.fileio import atomic_write_json, read_json, to_jsonable
 from sppdet.workdir.store import WorkDir
 
 STAGE = "pretrain"
@@ -136,8 +136,7 @@ def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> Pretrain
         windows = partial(load_proposals, job.proposal_folder)
     history = train_classifier(model, backbone, dataset, windows, config, job.device, progress)
     seconds = time.perf_counter() - start
-    with atomic_path(folder / TRUNK_FILE) as tmp:
-        torch.save(model.trunk_state(), tmp)
+    save_torch_file(folder / TRUNK_FILE, model.trunk_state())
     save_head(folder / HEAD_FILE, model.head.cpu(), {
         "stage": STAGE, "classes": list(dataset.classes), "backbone": config.backbone,
         "width": config.width, "levels": list(LEVELS), "config": to_jsonable(config)})

@@ -8,12 +8,15 @@ Files are written atomically; a re-run skips an image whose file loads as a vali
 recomputes a missing or corrupt one. ``--shard i/n`` does every n-th image of the split.
 
 Images run in parallel over ``workers`` processes (``sppdet.parallel.map_unordered``, OpenCV
-limited to one thread in each), since OpenCV's selective search is single-threaded.
+limited to one thread in each), since OpenCV's selective search is single-threaded. A worker
+that dies (e.g. killed by the out-of-memory killer) is one line naming its image, never a hang;
+the images finished so far are kept.
 
-Records: ``--data`` (when given) becomes the work directory's dataset root (the latest ``propose
---data`` wins), and ``config.json["stages"]["propose"]`` holds the folder name (relative to the
-work directory), the config and the dataset root; later stages find the proposals through
-:func:`proposals_dir` / :func:`load_proposals`.
+Records: ``--data`` (when given) becomes the work directory's dataset root (one work directory
+holds one dataset: another root than the recorded one is a ``WorkdirError``), and
+``config.json["stages"]["propose"]`` holds the folder name (relative to the work directory), the
+config and the dataset root; later stages find the proposals through :func:`proposals_dir` /
+:func:`load_proposals`.
 
 Summary (``summary-<split>.json`` in the folder): over every image of the split that has valid
 proposals (after sharded runs, whatever the shards have done so far): proposals per image,
@@ -108,6 +111,11 @@ def _propose_image(task: tuple[str, str, str, ProposeConfig]) -> tuple[str, floa
     return image_id, time.perf_counter() - start
 
 
+def _task_image(task: tuple[str, str, str, ProposeConfig]) -> str:
+    """The image file of a :func:`_propose_image` task (what a dead worker's error names)."""
+    return task[1]
+
+
 def run_propose(job: ProposeJob, workers: int | None = None,
                 progress: Progress | None = None) -> ProposeSummary:
     """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
@@ -121,7 +129,7 @@ def run_propose(job: ProposeJob, workers: int | None = None,
     tasks = [(i, str(job.dataset.image_path(i)), str(proposal_path(job.folder, i)), job.config)
              for i in job.todo]
     seconds = []
-    for _, took in map_unordered(_propose_image, tasks, workers or default_workers()):
+    for _, took in map_unordered(_propose_image, tasks, workers or default_workers(), describe=_task_image):
         seconds.append(took)
         progress(1)
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,

@@ -3,6 +3,7 @@
 Layout (``--workdir``, default ``./sppdet-work``, env ``SPPDET_WORKDIR``)::
 
     config.json                  dataset root and every stage's resolved config
+    .config.lock                 flock'ed while a process changes config.json (no lost update)
     <stage>-<hash>/              one folder per stage output; <hash> covers the stage's config,
         stage.json               its inputs' hashes and FORMAT_VERSION, so a change of any of
         ...                      them gives a new folder and nothing stale is ever reused
@@ -13,10 +14,12 @@ half-written file that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 
 from sppdet.errors import WorkdirError
@@ -32,6 +35,11 @@ def resolve_workdir(path: str | os.PathLike | None = None) -> Path:
     """The work directory: ``path`` if given, else ``$SPPDET_WORKDIR``, else ``./sppdet-work``."""
     chosen = path or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR
     return Path(chosen).expanduser().resolve()
+
+
+def _as_json(value: Any) -> str:
+    """``value`` as canonical JSON text, for comparing records (tuples and lists alike)."""
+    return json.dumps(to_jsonable(value), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,34 +62,72 @@ class WorkDir:
             return {}
         return read_json(self.config_path)
 
+    @property
+    def lock_path(self) -> Path:
+        """``.config.lock``: the file whose ``flock`` serialises every change of ``config.json``."""
+        return self.root / ".config.lock"
+
     def update_config(self, **entries: Any) -> None:
         """Merge top-level entries into ``config.json`` (atomically; not at all when nothing
         changes, so a fully cached re-run writes nothing and works in a read-only work directory)."""
-        config = self.config()
-        updated = {**config, **to_jsonable(entries)}
-        self._write_config(config, updated)
+        entries = to_jsonable(entries)
+        self._change_config(lambda config: {**config, **entries})
 
     def record_stage(self, stage: str, settings: Any) -> None:
         """Store a stage's resolved settings under ``config.json["stages"][stage]`` (a no-op when
         the record is unchanged, as :meth:`update_config`)."""
-        config = self.config()
-        stages = {**config.get("stages", {}), stage: to_jsonable(settings)}
-        self._write_config(config, {**config, "stages": stages})
+        record = to_jsonable(settings)
+        self._change_config(lambda config: {**config, "stages": {**config.get("stages", {}), stage: record}})
 
-    def _write_config(self, old: dict, new: dict) -> None:
-        """Write ``new`` as ``config.json`` unless it equals ``old`` as JSON (tuples and lists alike)."""
-        if self.config_path.exists() and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+    def _change_config(self, change: Callable[[dict], dict]) -> None:
+        """Apply ``change`` (old config -> new config) to ``config.json`` without losing a
+        concurrent process's update: the read-modify-write runs under an exclusive ``flock`` of
+        :attr:`lock_path`, re-reading the file inside the lock. When ``change`` alters nothing the
+        lock is never taken and nothing is written (a read-only work directory works)."""
+        if not self._differs(self.config(), change):
             return
-        atomic_write_json(self.config_path, new)
+        with self._config_lock():
+            config = self.config()
+            if self._differs(config, change):
+                atomic_write_json(self.config_path, change(config))
+
+    def _differs(self, config: dict, change: Callable[[dict], dict]) -> bool:
+        """Whether ``change`` alters ``config`` as JSON (tuples and lists alike), or there is no
+        ``config.json`` yet."""
+        return not self.config_path.exists() or _as_json(change(config)) != _as_json(config)
+
+    @contextlib.contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on :attr:`lock_path` (created on demand; the lock goes
+        with the process, so a killed holder never leaves the work directory locked)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def set_data_root(self, data_root: str | os.PathLike) -> None:
-        """Record the dataset root, so later commands need no ``--data``."""
-        self.update_config(data_root=str(Path(data_root).expanduser().resolve()))
+        """Record the dataset root, so later commands need no ``--data``; ``WorkdirError`` if
+        another root is recorded already (:meth:`check_data_root`)."""
+        root = Path(data_root).expanduser().resolve()
+        self.check_data_root(root)
+        self.update_config(data_root=str(root))
 
-    def data_root(self, override: str | os.PathLike | None = None) -> Path:
-        """The dataset root: ``override`` if given, else the one recorded by ``propose --data``."""
+    def data_root(self, override: str | os.PathLike | None = None, other_root_ok: bool = False) -> Path:
+        """The dataset root: ``override`` if given, else the one recorded by ``propose --data``.
+
+        An ``override`` naming another dataset than the recorded one is a ``WorkdirError``
+        (:meth:`check_data_root`) unless ``other_root_ok``: the stages that write caches keyed
+        by image id (propose, extract, pretrain, train) call this with the default, while a
+        read-only use such as ``sppdet eval --data OTHER`` (scoring this detector on another
+        dataset's split; it computes no cache for that root) passes ``other_root_ok=True``."""
         if override is not None:
-            return Path(override).expanduser().resolve()
+            root = Path(override).expanduser().resolve()
+            if not other_root_ok:
+                self.check_data_root(root)
+            return root
         recorded = self.config().get("data_root")
         if not recorded:
             raise WorkdirError(
@@ -89,6 +135,20 @@ class WorkDir:
                 "(the first `sppdet propose --data ROOT` records it)"
             )
         return Path(recorded)
+
+    def check_data_root(self, root: str | os.PathLike) -> None:
+        """``WorkdirError`` unless ``root`` is this work directory's dataset (or none is recorded).
+
+        One work directory holds one dataset: its caches (proposals, features, pretrained
+        weights) are files named by image id, so caches of dataset A used for dataset B's images
+        of the same ids would silently pool A's features for B's boxes. Paths are compared
+        resolved, so a relative or symlinked path to the recorded root is the same dataset."""
+        recorded = self.config().get("data_root")
+        resolved = Path(root).expanduser().resolve()
+        if recorded and Path(recorded).resolve() != resolved:
+            raise WorkdirError(
+                f"{self.root} was made for dataset {recorded}; use another --workdir for {resolved}, "
+                f"or delete {self.config_path} to start over")
 
     @property
     def splits_folder(self) -> Path:
