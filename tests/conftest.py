@@ -82,3 +82,14 @@ def write_scene_dataset():
 def cli_runner():
     """``cli_runner(work)`` -> ``sppdet(*args, code=0)`` running the CLI on work directory ``work``."""
     return _cli_runner
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -40,13 +40,8 @@ TINY_OPTIONS = ("--width", "0.125", "--sizes", "32", "--epochs", "1", "--batch-s
                 "--hidden", "16,16", "--windows", "random", "--device", "cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs are dominated by thread synchronisation, which is slow on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny convs are dominated by thread synchronisation, which is slow on a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_dataset(root: Path, names=("circle", "square"), count: int = 4) -> Path:

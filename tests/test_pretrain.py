@@ -61,13 +61,8 @@ def _proposals(rng: np.random.Generator, boxes: np.ndarray) -> np.ndarray:
     return both[keep].astype(np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs are dominated by thread synchronisation, which is slow on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny convs are dominated by thread synchronisation, which is slow on a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
