@@ -11,6 +11,7 @@ Steps, each a subprocess (JSON kept in ``WORKDIR/results/<step>.json``; commands
     ablation  benchmarks/ablation.py --workdir WORKDIR/demo               (reuses the demo's caches)
     memory    benchmarks/bench_memory.py --workdir WORKDIR/memory         (in the background, beside
                                                                            the ablation: see BESIDE)
+    faults    benchmarks/faults.py --workdir WORKDIR/faults               (kills, full disk, ...: no timing)
 
 then renders the page with ``benchmarks/report_text.py`` (tables and the reading, computed from
 these numbers) and draws ``benchmarks/speed.png`` beside it (seconds per image, log scale, here
@@ -45,15 +46,15 @@ import report_text
 from sppdet.fileio import atomic_path, atomic_write_text, read_json
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory")
+STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory", "faults")
 #: Steps run one at a time in this order: nothing else runs while a step is timed ...
-ORDER = ("demo", "datasets", "speed", "spp", "conv", "eval", "ablation")
+ORDER = ("demo", "datasets", "speed", "spp", "conv", "eval", "ablation", "faults")
 #: ... except these, which run in the background beside the step named: on two cores, with one
 #: torch thread each, neither slows the other much, and neither one's result is a timing that the
 #: page compares (the ablation reports mAP; bench_memory peak memory, its seconds are indicative).
 BESIDE = {"ablation": "memory"}
 #: What this script writes in WORKDIR; --fresh empties only a folder that holds nothing else.
-OWN = ("demo", "datasets", "memory", "results")
+OWN = ("demo", "datasets", "memory", "faults", "results")
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "OpenCV": "opencv-contrib-python-headless",
             "numpy": "numpy", "scikit-learn": "scikit-learn"}
 
@@ -96,6 +97,8 @@ def plan(work: Path, args) -> dict[str, tuple[list[str], Path | None]]:
         "eval": ([*python, str(HERE / "bench_eval.py"), "--images", str(args.eval_images)], None),
         "memory": ([*python, str(HERE / "bench_memory.py"), "--workdir", str(work / "memory"), "--counts",
                     args.memory_counts, "--json", str(results / "memory.raw.json")], results / "memory.raw.json"),
+        "faults": ([*python, str(HERE / "faults.py"), "--workdir", str(work / "faults"),
+                    "--json", str(results / "faults.raw.json")], results / "faults.raw.json"),
     }
 
 
@@ -228,8 +231,9 @@ def main() -> int:
     summary_path = work / "results" / "run.json"
     if args.from_results:
         run = read_json(summary_path)
+        newer = ("datasets", "faults")  # steps that runs older than them lack
         results = {name: read_json(work / "results" / f"{name}.json") for name in STEPS
-                   if name != "datasets" or (work / "results" / f"{name}.json").is_file()}  # older runs lack it
+                   if name not in newer or (work / "results" / f"{name}.json").is_file()}
     else:
         if args.fresh and work.exists():
             strangers = sorted(p.name for p in work.iterdir() if p.name not in OWN)

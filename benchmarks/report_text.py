@@ -330,6 +330,25 @@ def bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def faults_section(faults: dict) -> list[str]:
+    """The fault suite's table (``benchmarks/faults.py``): per case, tried, survived, files lost."""
+    rows = [[c["case"], "skipped: " + c["skipped"] if c["skipped"] else str(c["tried"]),
+             "" if c["skipped"] else str(c["survived"]), "" if c["skipped"] else str(c["files_lost"])]
+            for c in faults["cases"]]
+    tried = sum(c["tried"] for c in faults["cases"])
+    survived = sum(c["survived"] for c in faults["cases"])
+    lost = sum(c["files_lost"] for c in faults["cases"])
+    return ["## Faults",
+            f"`benchmarks/faults.py` ({faults['images']} synth images, {faults['trials']} kill trials per "
+            "stage at random moments, seed "
+            f"{faults['seed']}): each case breaks a run of the real `sppdet` commands, then compares the work "
+            "directory with an uninterrupted run; a case survives when nothing hung, nothing printed a "
+            "traceback, a failure was one error line, no temporary file was left and the re-run gave the "
+            f"uninterrupted run's files byte for byte. In all: {survived} of {tried} survived, "
+            f"{lost} files lost.",
+            md_table(["case", "tried", "survived", "files lost"], rows, right=[False, True, True, True])]
+
+
 def page(results: dict, machine: dict, run: dict) -> str:
     """The whole of BENCHMARKS.md. ``results``: the JSON of each step (demo, speed, ablation, spp,
     conv, eval, memory); ``machine``: cpu, cores, memory_gb, system, python, packages,
@@ -402,6 +421,7 @@ def page(results: dict, machine: dict, run: dict) -> str:
         f"regression at scales {join(ablation['settings'].get('scales_demo', []))}{demo_extras}).",
         demo_table(demo),
         *(datasets_section(results["datasets"]) if results.get("datasets") else []),
+        *(faults_section(results["faults"]) if results.get("faults") else []),
         "## Memory and disk",
         "`benchmarks/bench_memory.py`: peak resident memory of each training stage in a fresh process "
         f"(start-up baseline `sppdet --version`: {results['memory']['baseline_rss_mb']:.0f} MB), and the "

@@ -191,3 +191,15 @@ def test_rcnn_crop_follows_the_pretrained_trunk(tmp_path):
     work.record_stage("pretrain", {"config": {"sizes": [64, 52], "context": 16}})
     assert ablation.rcnn_crop(work, None) == (64, 5)
     assert ablation.rcnn_crop(work, 112) == (112, 8)
+
+
+def test_faults_section_counts_and_skips():
+    faults = {"images": 16, "trials": 2, "seed": 0, "cases": [
+        {"case": "kill -9 propose", "tried": 2, "survived": 2, "files_lost": 0, "notes": [], "skipped": ""},
+        {"case": "full disk during a stage", "tried": 3, "survived": 2, "files_lost": 1, "notes": [], "skipped": ""},
+        {"case": "read-only work directory", "tried": 0, "survived": 0, "files_lost": 0, "notes": [],
+         "skipped": "no mount here"}]}
+    text = "\n".join(report_text.faults_section(faults))
+    assert "In all: 4 of 5 survived, 1 files lost." in text
+    assert "| full disk during a stage | 3 | 2 | 1 |" in text
+    assert "| read-only work directory | skipped: no mount here |  |  |" in text
