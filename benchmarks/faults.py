@@ -210,8 +210,9 @@ def kill_cases(root: Path, snapshots, sums, seconds, trials: int, rng: random.Ra
     return cases
 
 
-def worker_kill_case(root: Path, snapshots, sums) -> Case:
-    """Kill one propose pool worker: propose must stop with one line (never hang); a re-run completes."""
+def worker_kill_case(root: Path, snapshots, sums, seconds: float) -> Case:
+    """Kill one propose pool worker about half-way through propose (``seconds``: its reference
+    duration): propose must stop with one line (never hang); a re-run completes."""
     case = Case("propose pool worker killed")
     work = trial_dir(root, snapshots[0], "worker")
     args = CHAIN[0][1]
@@ -230,7 +231,7 @@ def worker_kill_case(root: Path, snapshots, sums) -> Case:
         case.notes.append("no worker seen before propose ended")
         finish(process, began)
         return case
-    time.sleep(1.0)
+    time.sleep(max(0.0, 0.5 * seconds - (time.perf_counter() - began)))
     os.kill(children[-1], signal.SIGKILL)
     ran = finish(process, began, timeout=120)
     again = run(work, args)
@@ -379,7 +380,7 @@ def main() -> int:
     snapshots, sums, seconds = reference_run(root)
     rng = random.Random(args.seed)
     cases = [*kill_cases(root, snapshots, sums, seconds, args.trials, rng),
-             worker_kill_case(root, snapshots, sums),
+             worker_kill_case(root, snapshots, sums, seconds[0]),
              *concurrent_cases(root, snapshots, sums),
              read_only_case(root, snapshots, sums),
              full_disk_case(root, snapshots, sums)]

@@ -75,6 +75,8 @@ def finetune(ctx, workdir, data_root, split, hidden, epochs, lr, windows_per_ima
         steps = (epochs + 1 if train_conv else epochs) * images
         with progress_bar(steps, f"finetune {split}", quiet, fields=("loss", "acc")) as advance:
             summary = run_finetune(work, split, config, data_root, advance, method, device)
+    if summary.resumed_from:
+        stdout_console.print(f"resumed from epoch {summary.resumed_from} (the checkpoint of a stopped run)")
     table = Table(title=f"sppdet finetune: {plain(split)}", show_header=False)
     table.add_row("head", f"fc6 {hidden[0]}, fc7 {hidden[1]}, init {plain(summary.init)}")
     table.add_row("trained", f"{summary.epochs} epochs in {summary.seconds:.1f} s" if summary.trained

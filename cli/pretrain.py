@@ -97,6 +97,8 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
     if summary.skipped:
         stdout_console.print(f"already trained: {summary.weights}", soft_wrap=True, markup=False,
                              highlight=False)
+    if summary.resumed_from:
+        stdout_console.print(f"resumed from epoch {summary.resumed_from} (the checkpoint of a stopped run)")
     last = summary.history[-1]
     table = Table(title=f"sppdet pretrain: {plain(split)}", show_header=False)
     table.add_row("backbone", f"{backbone} (width {width}), crops {_join(sizes)}, augment {plain(_join(augment))}")

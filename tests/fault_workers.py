@@ -25,3 +25,16 @@ def die_on_boom(item: str) -> str:
     if item == "boom":
         os.kill(os.getpid(), signal.SIGKILL)
     return item.upper()
+
+
+def hold_stage_lock(folder: str, shard: tuple[int, int], ready) -> None:
+    """Hold the busy lock of stage folder ``folder`` (shard ``(i, n)``) as a computing stage
+    would: set ``ready`` once it is held, then keep it until killed (60 s at most)."""
+    import time
+    from pathlib import Path
+
+    from sppdet.workdir.store import stage_lock
+
+    with stage_lock(Path(folder), tuple(shard), shardable=True):
+        ready.set()
+        time.sleep(60)

@@ -548,3 +548,300 @@ def test_train_summary_kept_when_only_times_differ(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     with pytest.raises(OSError):
         write_summary(path, {**summary, "val_map": 0.6})  # something else trained: written
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. resumable training: a killed pretrain or finetune continues to the same weights
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 in the tests: no handler of sppdet's catches it (not an ``Exception``)."""
+
+
+def die_after_first_checkpoint(monkeypatch) -> None:
+    """Make training "die" right after its first checkpoint is written, at the end of epoch 1."""
+    from sppdet.training.checkpoint import EpochCheckpoint
+    real = EpochCheckpoint.save
+
+    def save(self, state):
+        real(self, state)
+        raise Killed
+
+    monkeypatch.setattr(EpochCheckpoint, "save", save)
+
+
+def killed_then_rerun(work: Path, monkeypatch, stage: str, output: str, *args: str) -> str:
+    """Run ``sppdet ARGS`` on ``work``, killed after epoch 1 (its ``stage`` folder then holds a
+    checkpoint and no ``output``), then again to the end; the output of the second run."""
+    from sppdet.training.checkpoint import CHECKPOINT_FILE
+    with monkeypatch.context() as patch:
+        die_after_first_checkpoint(patch)
+        with pytest.raises(Killed):
+            sppdet(work, *args)
+    folder = next(work.glob(f"{stage}-*"))
+    assert (folder / CHECKPOINT_FILE).is_file() and not (folder / output).exists()
+    result = sppdet(work, *args)
+    assert result.exit_code == 0, result.output
+    assert not (folder / CHECKPOINT_FILE).exists(), "the checkpoint outlived the final output"
+    return result.output
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    """The torch files hold bitwise-equal tensors (of a head file: its ``state``)."""
+    a, b = (torch.load(path, weights_only=True) for path in (first, second))
+    a, b = a.get("state", a), b.get("state", b)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{second}: {name} differs from {first}"
+
+
+def test_killed_pretrain_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Before, a pretrain killed in its last epoch started again from epoch 1. Now it continues
+    from its last checkpoint (weights, momentum, schedule step, history, dropout RNG) and ends
+    bitwise where an uninterrupted run does."""
+    from sppdet.fileio import read_json
+    root = write_dataset(tmp_path / "voc")
+    options = list(TINY_OPTIONS)
+    options[options.index("--epochs") + 1] = "3"
+    args = ("pretrain", "--data", str(root), *options)
+    assert sppdet(tmp_path / "whole", *args).exit_code == 0
+    output = killed_then_rerun(tmp_path / "killed", monkeypatch, "pretrain", INFO_FILE, *args)
+    assert "resumed from epoch 1" in output
+    whole, resumed = (next((tmp_path / name).glob("pretrain-*")) for name in ("whole", "killed"))
+    for name in (TRUNK_FILE, HEAD_FILE):
+        assert_same_weights(whole / name, resumed / name)
+    losses = [[epoch["loss"] for epoch in read_json(folder / INFO_FILE)["history"]] for folder in (whole, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_killed_pretrain_with_dropout_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """As above with dropout (the RNG state must come back) and crop sizes alternating by epoch."""
+    from dataclasses import replace
+
+    from sppdet.training.checkpoint import CHECKPOINT_FILE
+    root = write_dataset(tmp_path / "voc")
+    config = replace(TINY, epochs=3, dropout=0.5, sizes=(32, 40))
+    whole = run_pretrain(prepare_pretrain(tmp_path / "whole", config, data_root=root, device="cpu"))
+    job = prepare_pretrain(tmp_path / "work", config, data_root=root, device="cpu")
+    with monkeypatch.context() as patch:
+        die_after_first_checkpoint(patch)
+        with pytest.raises(Killed):
+            run_pretrain(job)
+    summary = run_pretrain(prepare_pretrain(tmp_path / "work", config, device="cpu"))
+    assert summary.resumed_from == 1 and not (job.folder / CHECKPOINT_FILE).exists()
+    assert [epoch.loss for epoch in summary.history] == [epoch.loss for epoch in whole.history]
+    for name in (TRUNK_FILE, HEAD_FILE):
+        assert_same_weights(whole.folder / name, job.folder / name)
+
+
+def test_corrupt_checkpoint_warns_and_trains_from_scratch(tmp_path):
+    from dataclasses import replace
+
+    from sppdet.training.checkpoint import CHECKPOINT_FILE
+    root = write_dataset(tmp_path / "voc")
+    config = replace(TINY, epochs=2)
+    whole = run_pretrain(prepare_pretrain(tmp_path / "whole", config, data_root=root, device="cpu"))
+    job = prepare_pretrain(tmp_path / "work", config, data_root=root, device="cpu")
+    (job.folder / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut by a full disk")
+    with pytest.warns(SppdetWarning, match=r"checkpoint\.pt: unreadable checkpoint \(.*\); training starts"):
+        summary = run_pretrain(job)
+    assert summary.resumed_from == 0 and not (job.folder / CHECKPOINT_FILE).exists()
+    for name in (TRUNK_FILE, HEAD_FILE):
+        assert_same_weights(whole.folder / name, job.folder / name)
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, write_scene_dataset):
+    """A work directory with the proposals and zf5 features of 6 scenes, finetune's input."""
+    from sppdet.config import ProposeConfig
+    from sppdet.stages.extract import prepare_extract, run_extract
+    from sppdet.stages.propose import prepare_propose, run_propose
+    base = tmp_path_factory.mktemp("extracted")
+    root, work = base / "voc", base / "work"
+    write_split(root, "trainval", write_scene_dataset(root, ("disc", "square"), 6, np.random.default_rng(0),
+                                                      120, 160, (28, 50)))
+    run_propose(prepare_propose(work, ProposeConfig(max_proposals=200), "trainval", root), workers=1)
+    run_extract(prepare_extract(work, split="trainval", backbone="zf5", width=0.125, scales=(96, 192),
+                                device="cpu"))
+    return work
+
+
+@pytest.mark.parametrize("extra", [(), ("--train-conv",)], ids=["head", "train-conv"])
+def test_killed_finetune_resumes_to_the_same_weights(extracted, tmp_path, monkeypatch, extra):
+    """Before, a killed finetune (head only, or end to end with --train-conv) started again from
+    epoch 1. Now it continues from its last checkpoint and ends bitwise where an uninterrupted run
+    does: head.pt, and with --train-conv also trunk.pt."""
+    import shutil
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for work in (whole, killed):
+        shutil.copytree(extracted, work)
+    args = ("finetune", "--hidden", "32,32", "--epochs", "3", "--windows-per-image", "16", "--device", "cpu",
+            *extra)
+    assert sppdet(whole, *args).exit_code == 0
+    output = killed_then_rerun(killed, monkeypatch, "finetune", HEAD_FILE, *args)
+    assert "resumed from epoch 1" in output
+    folders = [next(work.glob("finetune-*")) for work in (whole, killed)]
+    for name in (HEAD_FILE, *(["trunk.pt"] if extra else [])):
+        assert_same_weights(folders[0] / name, folders[1] / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. content identity: a dataset regenerated in place (issue 17, "Content identity")
+
+
+def propose_and_extract(work: Path, root: Path | None = None):
+    """``propose`` then ``extract`` (random zf5 width 0.125, one scale) of trainval: (the
+    propose job, as prepared, and the extract summary)."""
+    from sppdet.stages.extract import prepare_extract, run_extract
+    from sppdet.stages.propose import prepare_propose, run_propose
+
+    job = prepare_propose(work, split="trainval", data_root=root)
+    todo = list(job.todo)
+    run_propose(job, workers=1)
+    summary = run_extract(prepare_extract(work, split="trainval", backbone="zf5", width=0.125, scales=(64,),
+                                          weights="none", device="cpu"))
+    return SimpleNamespace(folder=job.folder, todo=todo), summary
+
+
+def cache_mtimes(*folders: Path) -> dict[str, int]:
+    """``folder/file`` -> mtime_ns of every cache file (.npy, .npz) in ``folders``."""
+    return {f"{folder.name}/{path.name}": path.stat().st_mtime_ns
+            for folder in folders for path in folder.rglob("*") if path.suffix in (".npy", ".npz")}
+
+
+def regenerate_image(path: Path, seed: int) -> None:
+    """Write new random pixels (same size) over the PNG ``path``, as a dataset regenerated in place."""
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+
+def test_regenerated_image_recomputes_only_that_image(tmp_path):
+    """Before, every cache was reused: its identity was the dataset path and the settings. Now a
+    regenerated image recomputes its proposals and features only; a touched (same bytes) image
+    recomputes nothing."""
+    from sppdet.workdir.caches import load_features
+
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    proposals, features = propose_and_extract(work, root)
+    assert len(proposals.todo) == 4 and features.computed == 4
+    before = cache_mtimes(proposals.folder, features.folder)
+    old = np.array(load_features(features.folder, "im1").maps[0])
+    regenerate_image(root / "JPEGImages" / "im1.png", seed=7)
+    touched = root / "JPEGImages" / "im2.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    proposals, features = propose_and_extract(work)
+    assert proposals.todo == ["im1"] and features.computed == 1
+    after = cache_mtimes(proposals.folder, features.folder)
+    assert {name for name in before if after[name] != before[name]} == {
+        f"{proposals.folder.name}/im1.npy", f"{features.folder.name}/im1.npz"}
+    assert not np.array_equal(load_features(features.folder, "im1").maps[0], old)
+
+
+def test_unchanged_rerun_recomputes_nothing_and_old_caches_are_trusted_once(tmp_path):
+    """A cache written before sources existed (no ``.source.json``) is kept and given the image's
+    current signature; an unchanged re-run computes and rewrites nothing."""
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    proposals, features = propose_and_extract(work, root)
+    sources = [proposals.folder / "im0.source.json", features.folder / "im0.source.json"]
+    for source in sources:
+        source.unlink()
+    before = cache_mtimes(proposals.folder, features.folder)
+    again, extracted = propose_and_extract(work)
+    assert again.todo == [] and extracted.computed == 0
+    assert cache_mtimes(proposals.folder, features.folder) == before
+    assert all(source.is_file() for source in sources)
+    regenerate_image(root / "JPEGImages" / "im0.png", seed=3)  # now recorded, so a change is seen
+    again, extracted = propose_and_extract(work)
+    assert again.todo == ["im0"] and extracted.computed == 1
+
+
+def test_changed_annotation_trains_a_new_folder(tmp_path):
+    """Before, train-bbox (like pretrain, finetune and train-svm) reused the model trained on the
+    old annotations. Now the split's content digest is part of the folder hash."""
+    from sppdet.stages.train_bbox import run_train_bbox
+
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    propose_and_extract(work, root)
+    first = run_train_bbox(WorkDir(work), "trainval")
+    assert first.trained and run_train_bbox(WorkDir(work), "trainval").folder == first.folder
+    path = root / "Annotations" / "im2.xml"
+    annotation = read_annotation(path)
+    write_annotation(path, Annotation(annotation.image_id, WIDTH, HEIGHT, np.array([[4, 6, 36, 44]], np.float32),
+                                      annotation.names, annotation.difficult, annotation.filename))
+    propose_and_extract(work)
+    second = run_train_bbox(WorkDir(work), "trainval")
+    assert second.trained and second.folder != first.folder
+    assert (first.folder / "bbox.npz").is_file()  # the old model is left alone, not overwritten
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. one process computes a stage folder (issue 17, "never duplicate a long computation silently")
+
+
+@pytest.fixture()
+def lock_holder():
+    """``hold(folder, shard)``: a spawned process holding that stage folder's busy lock (as a
+    computing stage does) until it is killed, at the latest when the test ends; returns it."""
+    import multiprocessing
+
+    from fault_workers import hold_stage_lock
+
+    context = multiprocessing.get_context("spawn")
+    started = []
+
+    def hold(folder: Path, shard=(1, 1)):
+        ready = context.Event()
+        process = context.Process(target=hold_stage_lock, args=(str(folder), shard, ready))
+        process.start()
+        started.append(process)
+        assert ready.wait(60), "the lock holder did not start"
+        return process
+
+    yield hold
+    for process in started:
+        process.kill()
+        process.join(timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_second_process_on_a_busy_folder_is_one_line(tmp_path, lock_holder):
+    """Before, two `sppdet propose` (or extract) on one work directory both computed everything.
+    Now the second stops with one line naming the first's pid; shards still run side by side."""
+    from sppdet.stages.propose import prepare_propose
+
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    folder = prepare_propose(work, split="trainval", data_root=root).folder
+    holder = lock_holder(folder)
+    result = sppdet(work, "propose", "--workers", "1")
+    assert_one_line_error(result, f"{folder} is being computed by another sppdet process (pid {holder.pid}); "
+                                  "wait for it to finish, or use --shard i/n to split the work")
+    assert not list(folder.glob("*.npy"))
+
+
+@pytest.mark.timeout(120)
+def test_shards_run_side_by_side_but_not_twice(tmp_path, lock_holder):
+    from sppdet.stages.propose import prepare_propose
+
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    folder = prepare_propose(work, split="trainval", data_root=root).folder
+    holder = lock_holder(folder, (1, 2))
+    assert sppdet(work, "propose", "--workers", "1", "--shard", "2/2").exit_code == 0
+    assert sorted(p.stem for p in folder.glob("*.npy")) == ["im1", "im3"]
+    assert_one_line_error(sppdet(work, "propose", "--workers", "1", "--shard", "1/2"),
+                          f"{folder} (shard 1/2) is being computed by another sppdet process (pid {holder.pid})")
+    assert_one_line_error(sppdet(work, "propose", "--workers", "1"), f"(pid {holder.pid})")
+
+
+@pytest.mark.timeout(120)
+def test_killed_holder_leaves_no_lock_and_cached_runs_take_none(tmp_path, lock_holder):
+    """The kernel drops a killed holder's lock (kill -9 leaves nothing to clean), and a fully
+    cached run takes no lock at all (it writes nothing, so it runs beside a computing one)."""
+    from sppdet.stages.propose import prepare_propose
+
+    root, work = write_dataset(tmp_path / "voc"), tmp_path / "work"
+    folder = prepare_propose(work, split="trainval", data_root=root).folder
+    holder = lock_holder(folder)
+    holder.kill()
+    holder.join(timeout=60)
+    assert sppdet(work, "propose", "--workers", "1").exit_code == 0
+    lock_holder(folder)
+    assert sppdet(work, "propose", "--workers", "1").exit_code == 0  # nothing to compute: no lock needed

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from sppdet.data.identity import split_digest
 from sppdet.data.images import IMAGE_SUFFIXES
 from sppdet.errors import DatasetError, SppdetWarning
 
@@ -229,6 +230,7 @@ class VocDataset:
         self.image_ids = read_split(self.root, split, split_dir)
         self.classes = tuple(classes) if classes is not None else discover_classes(self.root)
         self._annotations: dict[str, Annotation] = {}
+        self._digest: str | None = None
         image_folder = self.root / "JPEGImages"
         image_stems = {p.stem for p in image_folder.iterdir()} if image_folder.is_dir() else set()
         for image_id in self.image_ids:
@@ -255,6 +257,23 @@ class VocDataset:
     def annotations(self) -> Iterator[Annotation]:
         for image_id in self.image_ids:
             yield self.annotation(image_id)
+
+    def content_digest(self) -> str:
+        """64 hex digits identifying what this split holds: its id list, the class list, every
+        annotation file's bytes and every image's content (``sppdet.data.identity.split_digest``;
+        an image that cannot be found counts as missing). Computed once per instance, so a stage
+        opening the split computes it once; a stage that reads annotations puts it in its folder
+        hash, so a changed annotation or image trains again instead of reusing the old model."""
+        if self._digest is None:
+            images = []
+            for image_id in self.image_ids:
+                try:
+                    images.append(self.image_path(image_id))
+                except DatasetError:
+                    images.append(None)
+            self._digest = split_digest(self.image_ids, self.classes,
+                                        [self.annotation_path(i) for i in self.image_ids], images)
+        return self._digest
 
     def image_path(self, image_id: str) -> Path:
         """The image file: ``<filename>`` from the XML if present, else ``<id>`` + a known suffix."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import pickle  # only for the exception type torch.load raises on a non-checkpoint
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -148,19 +148,64 @@ def check_finite_loss(loss: float, stage: str, epoch: int, lr: float) -> None:
                             f"diverged and nothing was saved; try a lower --lr (this run: {lr:g})")
 
 
+def random_state(cuda: Sequence = ()) -> dict:
+    """torch's global RNG states, the CPU's and those of the ``cuda`` devices: what dropout draws
+    from, so a resumed run draws what an uninterrupted one would (uint8 tensors, which
+    ``torch.load(weights_only=True)`` reads)."""
+    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(d) for d in cuda]}
+
+
+def restore_random_state(state: dict, cuda: Sequence = ()) -> None:
+    """Set torch's global RNG states to those :func:`random_state` returned (a checkpoint made on
+    other devices restores what it has)."""
+    torch.set_rng_state(state["cpu"])
+    for device, value in zip(cuda, state["cuda"]):
+        torch.cuda.set_rng_state(value, device)
+
+
+def epoch_state(epochs_done: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                history: Sequence, cuda: Sequence = (), step: int = 0) -> dict:
+    """Everything later epochs of a training loop depend on, after ``epochs_done`` epochs: the
+    ``modules``' and the optimizer's state dicts (momentum buffers), the per-epoch ``history``
+    (dataclasses, stored as dicts), the schedule's ``step`` counter and torch's RNG states. Plain
+    tensors, numbers, lists and dicts only, for a checkpoint read with ``weights_only``."""
+    return {"epoch": epochs_done, "step": step, "optimizer": optimizer.state_dict(),
+            "models": {name: module.state_dict() for name, module in modules.items()},
+            "history": [asdict(entry) for entry in history], "rng": random_state(cuda)}
+
+
+def restore_epoch_state(state: dict, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                        cuda: Sequence = ()) -> tuple[int, int, list[dict]]:
+    """Load an :func:`epoch_state` into ``modules``, ``optimizer`` and torch's RNG; returns (epochs
+    done, step counter, history as dicts) for the loop to continue from."""
+    for name, module in modules.items():
+        module.load_state_dict(state["models"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_random_state(state["rng"], cuda)
+    return int(state["epoch"]), int(state["step"]), list(state["history"])
+
+
 def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
                epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-               seed: int = 0, progress: Progress = no_progress) -> list[TrainStats]:
+               seed: int = 0, progress: Progress = no_progress, resume: dict | None = None,
+               save_epoch: Callable[[dict], None] | None = None) -> list[TrainStats]:
     """SGD on ``head`` over ``epochs``; ``batches(epoch)`` yields (pooled [B, D] float32,
     labels [B] int64 in 0..K). The learning rate drops 10x for the last quarter of the epochs.
     ``progress(0, loss=..., acc=...)`` reports each batch (the caller advances the bar, e.g. per
     image). Returns per-epoch stats. A NaN or infinite loss stops training with ``TrainingError``
-    (the caller then saves nothing)."""
+    (the caller then saves nothing).
+
+    Resumable: ``save_epoch(state)`` gets an :func:`epoch_state` (head, momentum, history, dropout
+    RNG) after each epoch; given back as ``resume``, training continues after that epoch and ends
+    with the weights of an uninterrupted run (``batches`` must depend on the epoch alone)."""
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    history = []
+    history, first = [], 0
+    if resume is not None:
+        first, _, done = restore_epoch_state(resume, {"head": head}, optimizer)
+        history = [TrainStats(**entry) for entry in done]
     head.train()
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(epoch, epochs)
         stats = TrainStats()
@@ -176,9 +221,10 @@ def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray,
             stats.add(value, logits.detach(), y)
             progress(0, loss=stats.mean_loss, acc=stats.accuracy)
         history.append(stats)
+        if save_epoch is not None:
+            save_epoch(epoch_state(epoch + 1, {"head": head}, optimizer, history))
     head.eval()
     return history
-
 
 def fc7_features(head: FcHead, pooled: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
     """fc7 activations float32 [R, H7] of pooled vectors [R, D], in eval mode, in chunks."""

@@ -11,7 +11,8 @@ only if its val mAP is higher by more than ``MIN_GAIN``: the first candidate of 
 the default, kept on a tie. The test split is never read here.
 
 Scores are cached in ``WORKDIR/selection-scores.json`` under the identity of what was scored
-(the SVM and regressor folders, the views and the val split's image ids), so a re-run of
+(the SVM and regressor folders, the views and the val split's content digest: its image ids,
+annotations and images, ``VocDataset.content_digest``), so a re-run of
 ``sppdet train`` does not recompute them; within a run, the val windows each candidate scores are
 pooled once, and so are the training split's windows that every candidate's miner reads
 (``sppdet.workdir.window_source.PooledMemo``).
@@ -20,7 +21,6 @@ pooled once, and so are the training split's windows that every candidate's mine
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -76,7 +76,8 @@ class ValScorer:
         root = work.data_root()
         self.ground_truth = load_ground_truth(root, val_split, split_dir=work.split_dir(root))
         self.classes = discover_classes(root)
-        self.ids_hash = hashlib.sha256(" ".join(a.image_id for a in self.ground_truth).encode()).hexdigest()[:12]
+        # the val split's content (ids, annotations, images), so a changed val set is scored again
+        self.ids_hash = self.windows.dataset.content_digest()[:12]
         self.path = work.root / SCORES_FILE
         self.cache = read_json(self.path) if self.path.is_file() else {}
 

@@ -4,9 +4,13 @@ One file per image (``<image_id>.npz``, see ``sppdet.models.features`` for the f
 directory folder ``features-<hash>``, where the hash covers the dataset root, an ``ExtractConfig`` (backbone, width,
 the weights file's hash or "none", scales, seed) and the format version, so features from other
 settings are never reused. Features do not depend on the split, so every split shares the folder.
-Re-running skips images whose file is already valid; files are written atomically, so an
-interrupted run resumes where it stopped. ``--shard i/n`` does every n-th image (shards may run
-at the same time). One process: torch already spreads a conv over every core, and on a GPU the
+Re-running skips images whose file is already valid and was computed from the image's current
+content (``<image_id>.source.json`` beside it, ``sppdet.workdir.caches``): an image regenerated
+in place recomputes that image only. Files are written atomically, so an interrupted run resumes
+where it stopped. ``--shard i/n`` does every n-th image (shards may run at the same time); while
+computing, a run holds the folder's (or its shard's) lock, so a second run of the same folder
+stops with one line instead of duplicating the work (``sppdet.workdir.store.stage_lock``).
+One process: torch already spreads a conv over every core, and on a GPU the
 trunk is the only work; nothing runs in Python per window.
 
 ``views`` (``sppdet extract --tta hflip,...``, for ``eval`` / ``detect --tta``, ``sppdet.ops.views``)
@@ -47,7 +51,9 @@ from typing import Sequence
 
 import torch
 
-from sppdet.workdir.caches import INFO_FILE, FeaturesInfo, feature_path, features_info
+from sppdet.workdir.caches import (INFO_FILE, FeaturesInfo, feature_path, features_info, record_source,
+                                   source_is_current)
+from sppdet.data.identity import image_signature
 from sppdet.models.features import TARGET_PER_CROP_SIDE
 from sppdet.models.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import ExtractConfig
@@ -65,7 +71,7 @@ from sppdet.ops.spp import TARGET
 from sppdet.fileio import atomic_write_json
 from sppdet.workdir.caches import ExtractSummary
 from sppdet.workdir.records import EXTRACT_RECORD
-from sppdet.workdir.store import WorkDir
+from sppdet.workdir.store import WorkDir, lazy_stage_lock
 from sppdet.ops.views import check_views, view_image
 
 STAGE = EXTRACT_RECORD
@@ -87,6 +93,7 @@ class ExtractJob:
     device: torch.device
     views: tuple[str, ...] = ()  # also these views' features (sppdet.ops.views; module docstring)
     settings: "ExtractSettings | None" = None  # how each setting was chosen (flag, recorded, data)
+    shard: tuple[int, int] = (1, 1)  # (i, n) of --shard i/n; (1, 1) when not sharded
 
 
 def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
@@ -232,7 +239,7 @@ def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: s
     return ExtractJob(workdir=work, dataset=dataset,
                       image_ids=select_shard(dataset.image_ids, shard_index, shard_count),
                       backbone=net, config=config, folder=folder, device=torch_device, views=views,
-                      settings=settings)
+                      settings=settings, shard=(shard_index, shard_count))
 
 
 def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, weights: str | os.PathLike,
@@ -244,41 +251,64 @@ def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, we
                            device, data_root, target=config.target, views=views, precision=config.precision)
 
 
-def _is_cached(path: Path, job: ExtractJob) -> bool:
+def _is_cached(path: Path, job: ExtractJob, image_id: str, image_file: Path) -> bool:
+    """Whether ``path`` holds valid features of this job's scales and trunk, computed from the
+    current content of ``image_file`` (``sppdet.workdir.caches.source_is_current``)."""
     if not path.is_file():
         return False
     try:
         cached = load_feature_file(path)
     except WorkdirError:
         return False
-    return len(cached.maps) == len(job.config.scales) and cached.maps[0].shape[0] == job.backbone.channels
+    return (len(cached.maps) == len(job.config.scales) and cached.maps[0].shape[0] == job.backbone.channels
+            and source_is_current(path.parent, image_id, image_file))
+
+
+def _missing_views(job: ExtractJob, image_id: str, image_file: Path) -> list[str | None]:
+    """The views of ``image_id`` (None: the image itself) whose features are not cached and current."""
+    return [view for view in (None, *job.views)
+            if not _is_cached(feature_path(job.folder, image_id, view), job, image_id, image_file)]
+
+
+def _compute_views(job: ExtractJob, image_id: str, image_file: Path, views: list[str | None]) -> None:
+    """Compute and save the features of ``views`` of one image, each followed by its source (the
+    image's signature, taken before reading it)."""
+    signature = image_signature(image_file)
+    bgr = load_bgr(image_file)
+    for view in views:
+        image = view_image(bgr, view) if view else bgr
+        try:
+            maps, factors = compute_features(job.backbone, image, job.config.scales, job.device,
+                                             job.config.precision)
+        except ModelError as exc:
+            raise ModelError(f"{image_file}: {exc}") from None
+        path = feature_path(job.folder, image_id, view)
+        save_feature_file(path, maps, factors, bgr.shape[:2])
+        record_source(path.parent, image_id, signature)
 
 
 def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSummary:
-    """Compute and cache the features of every image of ``job`` not cached yet.
+    """Compute and cache the features of every image of ``job`` not cached yet (or computed from
+    an image that has changed since).
 
-    ``progress(1)`` is called after each image (cached ones included). Records the stage in
-    ``config.json`` when done.
+    ``progress(1)`` is called after each image (cached ones included). The folder's lock
+    (``stage_lock``) is taken at the first image to compute, and the image is checked again
+    under it (``WorkdirError`` if another process computes the same folder or shard). Records
+    the stage in ``config.json`` when done.
     """
     progress = progress or no_progress
     start = time.perf_counter()
     computed = 0
-    for image_id in job.image_ids:
-        missing = [view for view in (None, *job.views)
-                   if not _is_cached(feature_path(job.folder, image_id, view), job)]
-        if missing:
+    with lazy_stage_lock(job.folder, job.shard, shardable=True) as take_lock:
+        for image_id in job.image_ids:
             image_file = job.dataset.image_path(image_id)
-            bgr = load_bgr(image_file)
-            for view in missing:
-                image = view_image(bgr, view) if view else bgr
-                try:
-                    maps, factors = compute_features(job.backbone, image, job.config.scales, job.device,
-                                                     job.config.precision)
-                except ModelError as exc:
-                    raise ModelError(f"{image_file}: {exc}") from None
-                save_feature_file(feature_path(job.folder, image_id, view), maps, factors, bgr.shape[:2])
-            computed += 1
-        progress(1)
+            missing = _missing_views(job, image_id, image_file)
+            if missing and take_lock():
+                missing = _missing_views(job, image_id, image_file)  # another run may have done it
+            if missing:
+                _compute_views(job, image_id, image_file, missing)
+                computed += 1
+            progress(1)
     info = features_info(job.folder)
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": info.stride, "offset": info.offset,

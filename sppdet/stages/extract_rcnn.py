@@ -14,8 +14,13 @@ the format version. Like the SPP features the folder is shared by every split. P
 
 Unlike SPP's conv maps, these only cover the cached windows: a reader asks for boxes and gets their
 rows (:func:`lookup_pooled`, an exact match of the float32 coordinates); any other box is an
-error. ``pooled`` is written before ``boxes`` and both atomically, so an image counts as done only
-when both are valid and agree. Re-running skips done images; ``--shard i/n`` does every n-th image.
+error. ``pooled`` is written before ``boxes`` and both atomically, then ``<image_id>.source.json``
+(the image's signature, ``sppdet.workdir.caches``), so an image counts as done only when both are
+valid and agree, its cached windows are exactly its current ground truth and proposals, and its
+image has not changed since: a changed image, annotation or proposals recomputes that image only.
+Re-running skips done images; ``--shard i/n`` does every n-th image. While computing, a run holds
+the folder's (or its shard's) lock (``sppdet.workdir.store.stage_lock``): a second run of the same
+folder stops with one line instead of duplicating the work.
 One process: the trunk already uses every core. Records ``config.json["stages"]["extract:rcnn"]``
 (``sppdet.workdir.methods``) so later stages find the folder via :func:`rcnn_features_dir`.
 
@@ -34,7 +39,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sppdet.workdir.caches import INFO_FILE, RCNN_RECORD, RcnnInfo, rcnn_cache_paths, read_cached
+from sppdet.workdir.caches import (INFO_FILE, RCNN_RECORD, RcnnInfo, rcnn_cache_paths, read_cached, record_source,
+                                   source_is_current)
+from sppdet.data.identity import image_signature
 from sppdet.models.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import RcnnConfig
 from sppdet.data.images import load_bgr
@@ -46,7 +53,7 @@ from sppdet.models.crops import check_crop, compute_rcnn_features
 from sppdet.workdir.records import DEFAULT_BACKBONE, DEFAULT_WIDTH, resolve_weights, trained_trunk
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_save_npy, atomic_write_json
-from sppdet.workdir.store import WorkDir
+from sppdet.workdir.store import WorkDir, lazy_stage_lock
 
 STAGE = RCNN_RECORD
 FOLDER_STAGE = "rcnn-features"
@@ -65,6 +72,7 @@ class RcnnJob:
     proposals_folder: Path
     batch: int
     device: torch.device
+    shard: tuple[int, int] = (1, 1)  # (i, n) of --shard i/n; (1, 1) when not sharded
 
 
 @dataclass(frozen=True)
@@ -118,32 +126,52 @@ def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, spl
     if not (folder / INFO_FILE).is_file():
         atomic_write_json(folder / INFO_FILE, RcnnInfo(config, net.stride, net.offset, net.channels))
     return RcnnJob(work, dataset, select_shard(dataset.image_ids, shard_index, shard_count), net,
-                   config, folder, proposals, int(batch), torch_device)
+                   config, folder, proposals, int(batch), torch_device, (shard_index, shard_count))
+
+
+def _windows(job: RcnnJob, image_id: str) -> np.ndarray:
+    """float32 [N, 4]: the windows an image's cache holds, its ground truth then its proposals."""
+    return np.concatenate([job.dataset.annotation(image_id).boxes, load_proposals(job.proposals_folder, image_id)])
+
+
+def _is_done(job: RcnnJob, image_id: str, image_file, boxes: np.ndarray, dim: int) -> bool:
+    """Whether ``image_id``'s cache is valid, holds exactly ``boxes`` and was computed from the
+    current content of ``image_file``."""
+    cached = read_cached(job.folder, image_id, dim)
+    return (cached is not None and np.array_equal(cached[0], boxes)
+            and source_is_current(job.folder, image_id, image_file))
 
 
 def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSummary:
     """Warp, run and pool the ground-truth boxes and proposals of every image of ``job`` not
-    cached yet. ``progress(1)`` after each image (cached ones included); records the stage."""
+    cached yet (or whose image or windows changed). ``progress(1)`` after each image (cached ones
+    included); the folder's lock is taken at the first image to compute (``WorkdirError`` if
+    another process computes the same folder or shard); records the stage."""
     progress = progress or no_progress
     start = time.perf_counter()
     computed = windows = 0
     dim = pooled_dim(job.backbone.channels, job.config.levels)
-    for image_id in job.image_ids:
-        if read_cached(job.folder, image_id, dim) is None:
-            boxes = np.concatenate([job.dataset.annotation(image_id).boxes,
-                                    load_proposals(job.proposals_folder, image_id)])
+    with lazy_stage_lock(job.folder, job.shard, shardable=True) as take_lock:
+        for image_id in job.image_ids:
             image_file = job.dataset.image_path(image_id)
-            try:
-                pooled = compute_rcnn_features(job.backbone, load_bgr(image_file), boxes, job.config,
-                                               job.batch, job.device)
-            except ModelError as exc:
-                raise ModelError(f"{image_file}: {exc}") from None
-            boxes_path, pooled_path = rcnn_cache_paths(job.folder, image_id)
-            atomic_save_npy(pooled_path, pooled)
-            atomic_save_npy(boxes_path, boxes)
-            computed += 1
-            windows += len(boxes)
-        progress(1)
+            boxes = _windows(job, image_id)
+            done = _is_done(job, image_id, image_file, boxes, dim)
+            if not done and take_lock():
+                done = _is_done(job, image_id, image_file, boxes, dim)  # another run may have done it
+            if not done:
+                signature = image_signature(image_file)
+                try:
+                    pooled = compute_rcnn_features(job.backbone, load_bgr(image_file), boxes, job.config,
+                                                   job.batch, job.device)
+                except ModelError as exc:
+                    raise ModelError(f"{image_file}: {exc}") from None
+                boxes_path, pooled_path = rcnn_cache_paths(job.folder, image_id)
+                atomic_save_npy(pooled_path, pooled)
+                atomic_save_npy(boxes_path, boxes)
+                record_source(job.folder, image_id, signature)
+                computed += 1
+                windows += len(boxes)
+            progress(1)
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": job.backbone.stride, "offset": job.backbone.offset,
                                      "channels": job.backbone.channels,

@@ -31,6 +31,10 @@ a later ``train_conv`` run starts from that run's starting features instead, so 
 command finds its cache (nothing is trained or recomputed) and different settings are compared
 from the same start. ``head.pt`` is written after ``trunk.pt`` and before the recomputation, so
 an interrupted recomputation resumes on the next run.
+
+Training is checkpointed after each epoch to ``finetune-<hash>/checkpoint.pt``
+(``sppdet.training.checkpoint``): a killed run continues from the last finished epoch, to the
+weights an uninterrupted run gives; the file is deleted once ``head.pt`` is saved.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from sppdet.errors import ConfigError, WorkdirError
 from sppdet.stages.extract import STAGE as EXTRACT_STAGE, TRUNK_RECORD, ExtractJob, prepare_extract_like, run_extract
 from sppdet.workdir.trained import feature_trunk
 from sppdet.workdir.caches import features_dir, features_info
+from sppdet.training.checkpoint import CHECKPOINT_FILE, EpochCheckpoint
 from sppdet.training.finetune_conv import TrainingImage, sampled_windows, train_end_to_end
 from sppdet.models.head import FcHead, iterate_minibatches, load_head, save_head, train_head
 from sppdet.models.model_file import reusable, save_torch_file, torch_file_problem
@@ -77,6 +82,7 @@ class FinetuneSummary:
     trunk: Path | None = None  # train_conv: the fine-tuned trunk.pt
     features: Path | None = None  # train_conv: the features recomputed with it
     computed: int = 0  # train_conv: images whose features were computed by this run
+    resumed_from: int = 0  # epochs a killed earlier run had finished (its checkpoint); 0: none
 
 
 def _pretrained_head(work: WorkDir, source: WindowSource, config: FinetuneConfig) -> tuple[Path | None, str]:
@@ -131,8 +137,10 @@ def _conv_start(work: WorkDir) -> tuple[Path, str]:
 
 
 def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source: str,
-                config: FinetuneConfig, trunk_path: Path, device: torch.device, progress: Progress):
-    """Train trunk and head end to end, save the plain trunk to ``trunk_path``; the history."""
+                config: FinetuneConfig, trunk_path: Path, device: torch.device, progress: Progress,
+                resume: dict | None, checkpoint: EpochCheckpoint):
+    """Train trunk and head end to end (from ``resume`` when given, saving ``checkpoint`` each
+    epoch), save the plain trunk to ``trunk_path``; the history."""
     backbone = feature_trunk(start, features_info(start), weights_source, "re-run sppdet extract")
 
     def images(epoch):
@@ -142,7 +150,8 @@ def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source:
 
     features = features_info(start).config
     state, history = train_end_to_end(backbone, head, images, features.scales, config, device,
-                                      source.levels, progress, target=features.target)
+                                      source.levels, progress, target=features.target,
+                                      resume=resume, save_epoch=checkpoint.save)
     save_torch_file(trunk_path, state)
     return history
 
@@ -171,7 +180,8 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
     folder = workdir.stage_dir(STAGE, config, inputs={**source.inputs, "features": feature_hash,
                                                       "init": init_id})
     head_path, trunk_path = folder / HEAD_FILE, folder / TRUNK_FILE
-    began = time.perf_counter()
+    checkpoint = EpochCheckpoint(folder / CHECKPOINT_FILE)
+    began, resumed_from = time.perf_counter(), 0
     trained = not (reusable(head_path, torch_file_problem)
                    and (not config.train_conv or reusable(trunk_path, torch_file_problem)))
     if config.epochs == 0 and init_path is None:
@@ -183,13 +193,17 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
         head = FcHead(source.dim, config.hidden, len(source.classes), config.dropout)
         if init_path is not None:
             head.load_state_dict(load_head(init_path)[0].state_dict())
+        resume = checkpoint.load()
+        resumed_from = int(resume["epoch"]) if resume else 0
+        if resumed_from:
+            progress(resumed_from * len(source.image_ids))
         if config.train_conv:
             history = _train_conv(source, head, start, weights_source, config, trunk_path,
-                                  resolve_device(device), progress)
+                                  resolve_device(device), progress, resume, checkpoint)
         else:
             history = train_head(head, lambda epoch: window_batches(source, config, epoch, progress),
                                  config.epochs, config.lr, config.momentum, config.weight_decay,
-                                 config.seed, progress)
+                                 config.seed, progress, resume, checkpoint.save)
         if config.epochs and (not history or history[-1].seen == 0):
             raise WorkdirError(f"{source.dataset.root}: split {split!r} gave no training windows; "
                                "check its annotations and proposals")
@@ -203,6 +217,7 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
                       else source.feature_hash)
         save_head(head_path, head, {"feature_hash": trained_on, "classes": list(source.classes),
                                     "config": config, **stats})
+    checkpoint.discard()  # also one left by a run killed between head.pt and its deletion
     record = {"folder": folder.name, "head": str(head_path.relative_to(workdir.root)),
               "split": split, "config": config}
     computed = 0
@@ -220,6 +235,7 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
     workdir.record_stage(stage_key(STAGE, method), record)
     return FinetuneSummary(folder, trained, "pretrain" if init_path else "random", config.epochs,
                            meta["final_loss"], meta["final_accuracy"], time.perf_counter() - began,
-                           trunk_path if job else None, job.folder if job else None, computed)
+                           trunk_path if job else None, job.folder if job else None, computed,
+                           resumed_from)
 
 

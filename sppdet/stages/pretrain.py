@@ -8,6 +8,9 @@ unless ``windows`` is "random", the dataset root and the split) holding
                    width, levels, config) for ``finetune`` to start from
     pretrain.json  classes, image count, seconds, device and per-epoch history; written last, so
                    its presence means the model is complete and a re-run skips training.
+    checkpoint.pt  while training: the state after the last finished epoch
+                   (``sppdet.training.checkpoint``); a killed run continues from it, to the
+                   weights an uninterrupted one gives. Deleted once pretrain.json is written.
 ``config.json["stages"]["pretrain"]`` records ``weights`` and ``head`` (paths relative to the work
 directory), ``backbone``, ``width``, ``split``, ``classes`` and the config:
 ``sppdet.workdir.records.resolve_weights`` then uses the trunk by default for the same backbone and
@@ -35,6 +38,7 @@ from sppdet.training.pretrain import (CropClassifier, EpochStats, check_config, 
                                       train_classifier)
 from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.training.random_windows import random_window_source
+from sppdet.training.checkpoint import CHECKPOINT_FILE, EpochCheckpoint
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_write_json, read_json, to_jsonable
 from sppdet.workdir.store import WorkDir
@@ -81,6 +85,7 @@ class PretrainSummary:
     seconds: float
     skipped: bool
     device: str
+    resumed_from: int = 0  # epochs a killed earlier run had finished (its checkpoint); 0: none
 
 
 def prepare_pretrain(workdir: str | os.PathLike | None = None,
@@ -97,7 +102,8 @@ def prepare_pretrain(workdir: str | os.PathLike | None = None,
     dataset = VocDataset(root, split, split_dir=work.split_dir(root))
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
-    inputs = {"data": str(root), "split": split}
+    # the split's annotations and images (sppdet.data.identity): a changed one trains a new trunk
+    inputs = {"data": str(root), "split": split, "content": dataset.content_digest()}
     proposal_folder = None
     if config.windows == "proposals":
         proposal_folder = proposals_dir(work)
@@ -120,21 +126,28 @@ def estimate_epoch_seconds(job: PretrainJob) -> float:
 def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> PretrainSummary:
     """Train and save the trunk and head of ``job``, or find them already trained (``job.done``);
     record ``config.json["stages"]["pretrain"]`` either way. ``progress(1, loss=..., acc=...)``
-    after each image of each epoch (``job.steps`` calls; none when skipped). A missing proposals
-    file raises ``WorkdirError`` naming it."""
+    after each image of each epoch (``job.steps`` calls; none when skipped; the epochs of a
+    checkpoint at once). A missing proposals file raises ``WorkdirError`` naming it."""
     config, dataset, folder = job.config, job.dataset, job.folder
+    checkpoint = EpochCheckpoint(folder / CHECKPOINT_FILE)
     if job.done:
+        checkpoint.discard()  # left by a run killed between pretrain.json and its deletion
         info = read_json(folder / INFO_FILE)
         _record(job.workdir, folder, config, dataset.split, info["classes"])
         return _summary(folder, info, skipped=True)
 
     model, backbone = new_classifier(config, len(dataset.classes))
+    resume = checkpoint.load()
+    resumed_from = int(resume["epoch"]) if resume else 0
+    if resumed_from:
+        progress(resumed_from * len(dataset))
     start = time.perf_counter()
     if job.proposal_folder is None:
         windows = random_window_source(dataset, config.seed, config.parts_per_object)
     else:
         windows = partial(load_proposals, job.proposal_folder)
-    history = train_classifier(model, backbone, dataset, windows, config, job.device, progress)
+    history = train_classifier(model, backbone, dataset, windows, config, job.device, progress,
+                               resume, checkpoint.save)
     seconds = time.perf_counter() - start
     save_torch_file(folder / TRUNK_FILE, model.trunk_state())
     save_head(folder / HEAD_FILE, model.head.cpu(), {
@@ -143,15 +156,17 @@ def run_pretrain(job: PretrainJob, progress: Progress = no_progress) -> Pretrain
     info = {"classes": list(dataset.classes), "images": len(dataset), "seconds": seconds,
             "device": str(job.device), "history": [asdict(epoch) for epoch in history]}
     atomic_write_json(folder / INFO_FILE, info)
+    checkpoint.discard()
     _record(job.workdir, folder, config, dataset.split, dataset.classes)
-    return _summary(folder, info, skipped=False)
+    return _summary(folder, info, skipped=False, resumed_from=resumed_from)
 
 
-def _summary(folder: Path, info: dict, skipped: bool) -> PretrainSummary:
+def _summary(folder: Path, info: dict, skipped: bool, resumed_from: int = 0) -> PretrainSummary:
     return PretrainSummary(folder=folder, weights=folder / TRUNK_FILE, head=folder / HEAD_FILE,
                            classes=tuple(info["classes"]), images=int(info["images"]),
                            history=[EpochStats(**epoch) for epoch in info["history"]],
-                           seconds=float(info["seconds"]), skipped=skipped, device=info["device"])
+                           seconds=float(info["seconds"]), skipped=skipped, device=info["device"],
+                           resumed_from=resumed_from)
 
 
 def _record(work: WorkDir, folder: Path, config: PretrainConfig, split: str, classes) -> None:

@@ -4,8 +4,14 @@ Cache: one file ``<image_id>.npy`` (float32 ``[N, 4]``, ``sppdet.structures.boxe
 ``sppdet.models.selective_search``) per image in the work directory folder ``proposals-<hash>``. The hash covers
 the ``ProposeConfig`` and the dataset root (so proposals of another dataset with the same image
 ids are never reused); proposals do not depend on the split, so all splits share the folder.
-Files are written atomically; a re-run skips an image whose file loads as a valid array and
-recomputes a missing or corrupt one. ``--shard i/n`` does every n-th image of the split.
+Files are written atomically; a re-run skips an image whose file loads as a valid array and was
+computed from the image's current content (``<image_id>.source.json``, ``sppdet.workdir.caches``),
+and recomputes a missing, corrupt or stale one: an image regenerated in place recomputes that
+image only. ``--shard i/n`` does every n-th image of the split.
+
+Busy: while computing, a run holds the folder's lock (``sppdet.workdir.store.stage_lock``), so a
+second ``sppdet propose`` on the same folder stops with one line instead of duplicating the work;
+shards ``i/n`` lock only their own part and run side by side.
 
 Images run in parallel over ``workers`` processes (``sppdet.parallel.map_unordered``, OpenCV
 limited to one thread in each), since OpenCV's selective search is single-threaded. A worker
@@ -34,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sppdet.workdir.caches import proposal_path, read_valid
+from sppdet.data.identity import image_signature
+from sppdet.workdir.caches import proposal_path, read_valid, record_source, source_is_current
 from sppdet.config import ProposeConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
@@ -43,7 +50,7 @@ from sppdet.parallel import (Progress, default_workers, map_unordered, no_progre
 from sppdet.models.selective_search import check_config, proposal_recall, selective_search
 from sppdet.fileio import atomic_save_npy, atomic_write_json
 from sppdet.workdir.records import PROPOSE_RECORD
-from sppdet.workdir.store import WorkDir
+from sppdet.workdir.store import WorkDir, stage_lock
 
 STAGE = PROPOSE_RECORD
 FOLDER_STAGE = "proposals"
@@ -61,6 +68,7 @@ class ProposeJob:
     folder: Path
     image_ids: list[str]
     todo: list[str]
+    shard: tuple[int, int] = (1, 1)  # (i, n) of --shard i/n; (1, 1) when not sharded
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def prepare_propose(workdir: str | os.PathLike | WorkDir | None = None,
                     data_root: str | os.PathLike | None = None, shard: str | None = None) -> ProposeJob:
     """Resolve a ``propose`` run (nothing is computed): check the config, open the split (the
     recorded dataset root unless ``data_root`` is given, which is then recorded), pick this shard's
-    images and find those without a valid cache file."""
+    images and find those without a valid, current cache file (:func:`is_cached`)."""
     check_config(config)
     shard_index, shard_count = parse_shard(shard)
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
@@ -98,16 +106,26 @@ def prepare_propose(workdir: str | os.PathLike | WorkDir | None = None,
         work.set_data_root(root)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
     image_ids = select_shard(dataset.image_ids, shard_index, shard_count)
-    todo = [i for i in image_ids if read_valid(proposal_path(folder, i)) is None]
-    return ProposeJob(work, dataset, config, folder, image_ids, todo)
+    todo = [i for i in image_ids if not is_cached(folder, dataset, i)]
+    return ProposeJob(work, dataset, config, folder, image_ids, todo, (shard_index, shard_count))
+
+
+def is_cached(folder: Path, dataset: VocDataset, image_id: str) -> bool:
+    """Whether ``image_id``'s proposals in ``folder`` are a valid array computed from the current
+    content of its image file (``sppdet.workdir.caches.source_is_current``)."""
+    return (read_valid(proposal_path(folder, image_id)) is not None
+            and source_is_current(folder, image_id, dataset.image_path(image_id)))
 
 
 def _propose_image(task: tuple[str, str, str, ProposeConfig]) -> tuple[str, float]:
-    """Worker: search one image and cache its boxes; returns (image id, seconds)."""
+    """Worker: search one image and cache its boxes, then record the image's signature (taken
+    before reading it) as their source; returns (image id, seconds)."""
     image_id, image_file, out_file, config = task
     start = time.perf_counter()
+    signature = image_signature(image_file)
     boxes = selective_search(load_bgr(image_file), config)
     atomic_save_npy(out_file, boxes)
+    record_source(Path(out_file).parent, image_id, signature)
     return image_id, time.perf_counter() - start
 
 
@@ -120,18 +138,23 @@ def run_propose(job: ProposeJob, workers: int | None = None,
                 progress: Progress | None = None) -> ProposeSummary:
     """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
     cores), record the stage, and write (unless nothing was computed and it exists) and return
-    the split's summary.
+    the split's summary. While computing it holds the folder's lock (module docstring, "Busy";
+    ``WorkdirError`` if another process computes the same folder or shard).
 
     ``progress(1)`` is called after each computed image.
     """
     progress = progress or no_progress
     start = time.perf_counter()
-    tasks = [(i, str(job.dataset.image_path(i)), str(proposal_path(job.folder, i)), job.config)
-             for i in job.todo]
     seconds = []
-    for _, took in map_unordered(_propose_image, tasks, workers or default_workers(), describe=_task_image):
-        seconds.append(took)
-        progress(1)
+    if job.todo:
+        with stage_lock(job.folder, job.shard, shardable=True):
+            job.todo = [i for i in job.todo if not is_cached(job.folder, job.dataset, i)]  # done meanwhile
+            tasks = [(i, str(job.dataset.image_path(i)), str(proposal_path(job.folder, i)), job.config)
+                     for i in job.todo]
+            for _, took in map_unordered(_propose_image, tasks, workers or default_workers(),
+                                         describe=_task_image):
+                seconds.append(took)
+                progress(1)
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "data_root": str(job.dataset.root)})
     summary = summarise(job, seconds, time.perf_counter() - start)

@@ -23,7 +23,7 @@ from sppdet.config import BboxRegConfig
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.workdir.records import BBOX_RECORD
-from sppdet.workdir.store import WorkDir
+from sppdet.workdir.store import WorkDir, stage_lock
 from sppdet.workdir.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 
 STAGE = BBOX_RECORD
@@ -51,25 +51,43 @@ def run_train_bbox(workdir: WorkDir, split: str = "trainval", config: BboxRegCon
     folder = workdir.stage_dir("bbox", config, inputs=source.inputs)
     path = folder / MODEL_FILE
     reports: list[BboxClassReport] = []
-    if not reusable(path, partial(model_file_problem, kind="bbox_reg")):
-        scale = sample_feature_scale(source, config.target_norm, seed=config.seed)
-
-        def examples():
-            for image_id in source.image_ids:
-                gt_boxes, gt_labels, _ = source.ground_truth(image_id)
-                proposals = source.proposals(image_id)
-                best = iou_matrix(proposals, gt_boxes[gt_labels > 0]).max(axis=1, initial=0.0)
-                near = best > config.min_overlap
-                yield image_windows(source, image_id, None, proposals[near], config.use_difficult)
-
-        model, reports = train_bbox_regressors(examples(), source.classes, config, feature_scale=scale,
-                                               feature_hash=feature_hash, progress=progress)
-        model.save(path)
+    absent = not path.exists()
+    if not _model_reusable(path):
+        with stage_lock(folder):  # one process trains a folder at a time (WorkdirError naming the other)
+            if absent and _model_reusable(path):  # another process finished it meanwhile
+                progress(len(source.image_ids))
+            else:
+                reports = _train(source, config, feature_hash, path, progress)
     else:
         progress(len(source.image_ids))
     workdir.record_stage(stage_key(STAGE, method), {"folder": folder.name,
                                                     "model": str(path.relative_to(workdir.root)),
                                                     "feature_hash": feature_hash, "config": config})
     return BboxSummary(folder, bool(reports), reports, time.perf_counter() - start)
+
+
+def _model_reusable(path: Path) -> bool:
+    """Whether ``path`` is a finished box regression model (a corrupt one is warned about)."""
+    return reusable(path, partial(model_file_problem, kind="bbox_reg"))
+
+
+def _train(source: WindowSource, config: BboxRegConfig, feature_hash: str, path: Path,
+           progress: Progress) -> list[BboxClassReport]:
+    """Train the regressors on ``source``'s windows near a ground-truth box, save them to
+    ``path`` and return their reports (module docstring)."""
+    scale = sample_feature_scale(source, config.target_norm, seed=config.seed)
+
+    def examples():
+        for image_id in source.image_ids:
+            gt_boxes, gt_labels, _ = source.ground_truth(image_id)
+            proposals = source.proposals(image_id)
+            best = iou_matrix(proposals, gt_boxes[gt_labels > 0]).max(axis=1, initial=0.0)
+            near = best > config.min_overlap
+            yield image_windows(source, image_id, None, proposals[near], config.use_difficult)
+
+    model, reports = train_bbox_regressors(examples(), source.classes, config, feature_scale=scale,
+                                           feature_hash=feature_hash, progress=progress)
+    model.save(path)
+    return reports
 
 

@@ -33,6 +33,7 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -53,7 +54,9 @@ from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
 from sppdet.parallel import Progress, no_progress
 from sppdet.fileio import atomic_save_npz
 from sppdet.workdir.records import SVM_RECORD
-from sppdet.workdir.store import WorkDir
+from sppdet.workdir.store import WorkDir, stage_lock
+from sppdet.workdir.caches import record_source, source_is_current
+from sppdet.data.identity import image_signature
 from sppdet.models.svm import HardNegativeMiner, SvmClassReport, finish_svms
 from sppdet.workdir.window_source import PooledMemo, WindowSource, image_windows, sample_feature_scale
 from sppdet.structures.image_windows import collect_positives, extra_positive_boxes, make_image_windows
@@ -141,40 +144,58 @@ def train_svm_variants(workdir: WorkDir, source: WindowSource, configs: list[Svm
     augmenting = _check_augmentation(source, first)
     folders = [workdir.stage_dir("svm", config, inputs={**source.inputs, "features": feature_hash})
                for config in configs]
-    todo = [i for i, folder in enumerate(folders)
-            if not reusable(folder / MODEL_FILE, partial(model_file_problem, kind="svm"))]
+    todo = [i for i, folder in enumerate(folders) if not _model_reusable(folder)]
+    absent = {i for i in todo if not (folders[i] / MODEL_FILE).exists()}
     reports: dict[int, list[SvmClassReport]] = {}
-    if todo:
-        fc7_weight = 1.0
-        if first.layer == "pool5+fc7":
-            fc7_weight = _balance_weight(source, head, first.seed) * first.fc7_scale
-        transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight)
-        trunk = rebuild_trunk(workdir, source.features_folder, source.info) if augmenting else None
-        copies = _copies_folder(workdir, source, first) if augmenting else None
-
-        def positives():
-            for index, image_id in enumerate(source.image_ids):
-                progress(1)
-                yield _positive_windows(source, image_id, index, transform, first, trunk, copies)
-
-        pos_features, pos_labels = collect_positives(positives())
-        scale = sample_feature_scale(source, first.target_norm, transform, seed=first.seed)
-        miners = [HardNegativeMiner(pos_features, pos_labels, len(source.classes), configs[i], scale)
-                  for i in todo]
-        for image_id in source.image_ids:
-            windows = image_windows(source, image_id, transform, None, first.use_difficult)
-            for miner in miners:
-                miner.add_image(windows)
-            progress(1)
-        for i, miner in zip(todo, miners):
-            model, reports[i] = finish_svms(miner, source.classes, configs[i], feature_hash,
-                                            {"fc7_weight": fc7_weight})
-            model.save(folders[i] / MODEL_FILE)
-    else:
-        progress(2 * len(source.image_ids))
+    with contextlib.ExitStack() as locks:
+        for i in todo:  # one process trains a folder at a time (WorkdirError naming the other)
+            locks.enter_context(stage_lock(folders[i]))
+        todo = [i for i in todo if i not in absent or not _model_reusable(folders[i])]  # done meanwhile?
+        if todo:
+            _train_todo(workdir, source, configs, folders, todo, head, feature_hash, augmenting, reports, progress)
+        else:
+            progress(2 * len(source.image_ids))
     seconds = time.perf_counter() - start
     return [SvmSummary(folder, i in reports, reports.get(i, []), seconds, feature_hash)
             for i, folder in enumerate(folders)]
+
+
+def _model_reusable(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished SVM model (a corrupt one is warned about, ``reusable``)."""
+    return reusable(folder / MODEL_FILE, partial(model_file_problem, kind="svm"))
+
+
+def _train_todo(workdir: WorkDir, source: WindowSource, configs: list[SvmConfig], folders: list[Path],
+                todo: list[int], head, feature_hash: str, augmenting: bool,
+                reports: dict[int, list[SvmClassReport]], progress: Progress) -> None:
+    """Train and save the SVMs of ``configs[i]`` into ``folders[i]`` for each ``i`` in ``todo``, in
+    one pass over ``source`` (:func:`train_svm_variants`); fills ``reports[i]``."""
+    first = configs[0]
+    fc7_weight = 1.0
+    if first.layer == "pool5+fc7":
+        fc7_weight = _balance_weight(source, head, first.seed) * first.fc7_scale
+    transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight)
+    trunk = rebuild_trunk(workdir, source.features_folder, source.info) if augmenting else None
+    copies = _copies_folder(workdir, source, first) if augmenting else None
+
+    def positives():
+        for index, image_id in enumerate(source.image_ids):
+            progress(1)
+            yield _positive_windows(source, image_id, index, transform, first, trunk, copies)
+
+    pos_features, pos_labels = collect_positives(positives())
+    scale = sample_feature_scale(source, first.target_norm, transform, seed=first.seed)
+    miners = [HardNegativeMiner(pos_features, pos_labels, len(source.classes), configs[i], scale)
+              for i in todo]
+    for image_id in source.image_ids:
+        windows = image_windows(source, image_id, transform, None, first.use_difficult)
+        for miner in miners:
+            miner.add_image(windows)
+        progress(1)
+    for i, miner in zip(todo, miners):
+        model, reports[i] = finish_svms(miner, source.classes, configs[i], feature_hash,
+                                        {"fc7_weight": fc7_weight})
+        model.save(folders[i] / MODEL_FILE)
 
 
 def _check_augmentation(source: WindowSource, config: SvmConfig) -> bool:
@@ -203,22 +224,27 @@ def _copies_folder(workdir: WorkDir, source: WindowSource, config: SvmConfig) ->
 def _object_copies(trunk, bgr_path, boxes, source: WindowSource, config: SvmConfig, index: int,
                    cache: Path | None, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Pooled copies float32 [N, D] and their object index int64 [N] (``augmented_windows``),
-    read from / written to ``cache`` when it is given (an unreadable file is recomputed)."""
+    read from / written to ``cache`` when it is given. A cached file is used only when it holds
+    copies of exactly these object ``boxes`` [M, 4] of the current image content (its source,
+    ``sppdet.workdir.caches``); an unreadable, older or stale one is recomputed."""
     path = cache / f"{image_id}.npz" if cache is not None else None
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                pooled, of = stored["pooled"], stored["of"]
-            if pooled.ndim == 2 and len(pooled) == len(of):
+                pooled, of, cached_boxes = stored["pooled"], stored["of"], stored["boxes"]
+            if (pooled.ndim == 2 and len(pooled) == len(of) and np.array_equal(cached_boxes, boxes)
+                    and source_is_current(cache, image_id, bgr_path)):
                 return pooled, of
         except (OSError, ValueError, KeyError):
             pass
+    signature = image_signature(bgr_path)
     pooled, of = augmented_windows(trunk, load_bgr(bgr_path), boxes, source.info.config.scales,
                                    config.augment_positives, np.random.default_rng([config.seed, index, 1]),
                                    source.info.config.target, source.levels,
                                    precision=source.info.config.precision)
     if path is not None:
-        atomic_save_npz(path, pooled=pooled, of=of)
+        atomic_save_npz(path, pooled=pooled, of=of, boxes=np.asarray(boxes, np.float32))
+        record_source(cache, image_id, signature)
     return pooled, of
 
 

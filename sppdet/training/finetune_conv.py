@@ -38,7 +38,8 @@ Choices:
       trunks are small).
 
 Reproducibility: image order and sampling from ``default_rng((seed, epoch))``, dropout from
-``torch.manual_seed(seed)`` inside ``fork_rng`` (the caller's RNG is untouched).
+``torch.manual_seed(seed)`` inside ``fork_rng`` (the caller's RNG is untouched); a run resumed
+from its per-epoch checkpoint (:func:`train_end_to_end`) ends with the same weights.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from torch import nn
 from sppdet.models.backbones import Backbone, first_conv_name
 from sppdet.config import FinetuneConfig
 from sppdet.models.features import resize_to_scale
-from sppdet.models.head import FcHead, TrainStats, label_windows, lr_factor, sample_windows
+from sppdet.models.head import (FcHead, TrainStats, epoch_state, label_windows, lr_factor, restore_epoch_state,
+                                sample_windows)
 from sppdet.parallel import Progress, no_progress
 from sppdet.ops.spp import LEVELS, TARGET, choose_scales, pooled_dim, project_boxes, scale_factors, spp_pool
 from sppdet.workdir.window_source import WindowSource
@@ -162,7 +164,9 @@ def _image_groups(images: Iterable[TrainingImage], size: int, progress: Progress
 def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], Iterable[TrainingImage]],
                      scales: Sequence[int], config: FinetuneConfig, device: torch.device | str = "cpu",
                      levels: Sequence[int] = LEVELS, progress: Progress = no_progress,
-                     target: float = TARGET) -> tuple[dict[str, torch.Tensor], list[TrainStats]]:
+                     target: float = TARGET, resume: dict | None = None,
+                     save_epoch: Callable[[dict], None] | None = None
+                     ) -> tuple[dict[str, torch.Tensor], list[TrainStats]]:
     """Train a copy of ``backbone``'s trunk together with ``head`` for ``config.epochs`` passes.
 
     ``images(epoch)`` yields the pass's :class:`TrainingImage`; ``scales``: the extract scales the
@@ -171,6 +175,11 @@ def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], I
     place and left in eval mode on the CPU; ``backbone`` is untouched. ``progress(1, loss=...,
     acc=...)`` after each image. Returns the plain trunk state dict
     (:meth:`TrainableTrunk.plain_state`) and per-epoch stats.
+
+    Resumable: ``save_epoch(state)`` gets a ``sppdet.models.head.epoch_state`` after each epoch
+    (trunk in its training parametrisation, head, momentum, history, dropout RNG); given back as
+    ``resume``, training continues after that epoch and ends with the weights of an uninterrupted
+    run (``images`` must depend on the epoch alone).
     """
     device = torch.device(device)
     trunk = TrainableTrunk(backbone).to(device, memory_format=torch.channels_last)
@@ -179,14 +188,17 @@ def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], I
     optimizer = torch.optim.SGD([{"params": trunk.parameters(), "lr": lrs[0]},
                                  {"params": head.parameters(), "lr": lrs[1]}],
                                 lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    history = []
+    history, first, modules = [], 0, {"trunk": trunk, "head": head}
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)
+        if resume is not None:
+            first, _, done = restore_epoch_state(resume, modules, optimizer, cuda)
+            history = [TrainStats(**entry) for entry in done]
         trunk.train()
         head.train()
-        for epoch in range(config.epochs):
+        for epoch in range(first, config.epochs):
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr * lr_factor(epoch, config.epochs)
             stats = TrainStats()
@@ -203,5 +215,7 @@ def train_end_to_end(backbone: Backbone, head: FcHead, images: Callable[[int], I
                     progress(1, loss=stats.mean_loss, acc=stats.accuracy)
                 optimizer.step()
             history.append(stats)
+            if save_epoch is not None:
+                save_epoch(epoch_state(epoch + 1, modules, optimizer, history, cuda))
     head.cpu().eval()
     return trunk.plain_state(), history

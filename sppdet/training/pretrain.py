@@ -44,7 +44,8 @@ the test mAP of pool5 SVMs on whole-image features; the measurements are in docs
 
 Reproducibility: image order from ``default_rng([seed, epoch])``, crop sampling and augmentation
 from ``default_rng([seed, epoch, group])``, init and dropout from ``torch.manual_seed(seed)``
-inside ``fork_rng``: the same settings, device and torch thread count give identical weights.
+inside ``fork_rng``: the same settings, device and torch thread count give identical weights,
+also when the run was killed and resumed from its per-epoch checkpoint (:func:`train_classifier`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from sppdet.config import WINDOW_SOURCES, PretrainConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
-from sppdet.models.head import FcHead, TrainStats, check_finite_loss
+from sppdet.models.head import FcHead, TrainStats, check_finite_loss, epoch_state, restore_epoch_state
 from sppdet.parallel import Progress, no_progress
 from sppdet.models.crops import CROP_SIZE, pool_maps, warp_crops
 from sppdet.ops.spp import LEVELS, pooled_dim
@@ -281,12 +282,18 @@ def crop_batches(dataset: VocDataset, proposals: ProposalSource, config: Pretrai
 def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocDataset,
                      proposals: ProposalSource, config: PretrainConfig,
                      device: torch.device | str = "cpu",
-                     progress: Progress = no_progress) -> list[EpochStats]:
+                     progress: Progress = no_progress, resume: dict | None = None,
+                     save_epoch: Callable[[dict], None] | None = None) -> list[EpochStats]:
     """Train ``model`` (trunk and head together) on crops of ``dataset``; returns per-epoch stats.
 
     ``proposals(image_id)`` gives float32 ``[N, 4]`` boxes. ``progress(1, loss=..., acc=...)``
     after each image (running means of the epoch). The model is left in eval mode on ``device``.
     A NaN or infinite loss stops training with ``TrainingError`` (nothing is saved).
+
+    Resumable: ``save_epoch(state)`` gets a ``sppdet.models.head.epoch_state`` after each epoch
+    (model with batch-norm statistics, momentum, the schedule's step, history, dropout RNG; crop
+    sampling is seeded per epoch); given back as ``resume``, training continues after that epoch
+    and ends with the weights of an uninterrupted run on the same device and thread count.
     """
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).train()
@@ -295,10 +302,14 @@ def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocData
                                 weight_decay=config.weight_decay, fused=True)
     steps = config.epochs * _steps_per_epoch(dataset, proposals, config)
     warmup = max(1, min(MAX_WARMUP_STEPS, steps // config.epochs))
-    history, step = [], 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    history, step, first = [], 0, 0
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)  # dropout
-        for epoch in range(config.epochs):
+        if resume is not None:
+            first, step, done = restore_epoch_state(resume, {"model": model}, optimizer, cuda)
+            history = [EpochStats(**entry) for entry in done]
+        for epoch in range(first, config.epochs):
             size = int(config.sizes[epoch % len(config.sizes)])
             stats, start = TrainStats(), time.perf_counter()
 
@@ -320,6 +331,8 @@ def train_classifier(model: CropClassifier, backbone: Backbone, dataset: VocData
                 step += 1
             history.append(EpochStats(epoch, size, stats.mean_loss, stats.accuracy,
                                       time.perf_counter() - start))
+            if save_epoch is not None:
+                save_epoch(epoch_state(epoch + 1, {"model": model}, optimizer, history, cuda, step))
     model.eval()
     return history
 

@@ -4,10 +4,21 @@ The stages write these caches (``sppdet.stages.propose``, ``extract``, ``extract
 reader (the window source, the detector, the stages that follow) finds them through here, so no
 reader imports the stage that wrote them. A missing or invalid file is a ``WorkdirError`` naming
 the command that makes it.
+
+Sources: beside each image's cache file(s) a stage writes ``<image_id>.source.json``, the
+signature of the image file they were computed from (``sppdet.data.identity``: size, mtime and
+a fast hash), *after* the cache file itself. A cache whose recorded source differs from the
+image's current signature (the image was regenerated in place) is recomputed, that image only.
+Per-image files keep every cache write atomic and shards independent (no shared index).
+A valid cache file without a source file (written before sources existed) is trusted once: the
+image's current signature is recorded for it (:func:`source_is_current`), so any later change of
+the image recomputes it; a dataset regenerated before that first check is not detected.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +28,8 @@ import torch
 
 from sppdet.config import ExtractConfig, RcnnConfig
 from sppdet.errors import WorkdirError
-from sppdet.fileio import atomic_save_npy, read_json
+from sppdet.data.identity import image_signature, same_image
+from sppdet.fileio import atomic_save_npy, atomic_write_json, read_json
 from sppdet.models.backbones import Backbone
 from sppdet.models.crops import compute_rcnn_features
 from sppdet.models.features import FeatureFile, load_feature_file
@@ -30,6 +42,44 @@ from sppdet.workdir.store import WorkDir
 #: The file beside the cached features that holds their config and the trunk's geometry.
 INFO_FILE = "features.json"
 RCNN_RECORD = stage_key(EXTRACT_RECORD, "rcnn")
+
+
+#: The file beside an image's cache files that records the image it was computed from.
+SOURCE_SUFFIX = ".source.json"
+
+
+def source_path(folder: str | os.PathLike, image_id: str) -> Path:
+    """``<folder>/<image_id>.source.json``: the recorded source of one image's caches in ``folder``."""
+    return Path(folder) / f"{image_id}{SOURCE_SUFFIX}"
+
+
+def record_source(folder: str | os.PathLike, image_id: str, signature: dict) -> None:
+    """Record ``signature`` (``sppdet.data.identity.image_signature``, taken before the image was
+    read) as the source of ``image_id``'s caches in ``folder``, atomically. Call it after the
+    cache files are written: a run killed in between leaves the old (differing) source or none."""
+    atomic_write_json(source_path(folder, image_id), signature)
+
+
+def _read_source(path: Path) -> dict | None:
+    """The JSON object in a source file, or None if it cannot be read or is not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def source_is_current(folder: str | os.PathLike, image_id: str, image_file: str | os.PathLike) -> bool:
+    """Whether ``image_id``'s (valid) cache files in ``folder`` were computed from the current
+    content of ``image_file`` (``sppdet.data.identity.same_image``). No source file: an older cache,
+    trusted once (module docstring) and given the image's current signature (nothing is written
+    where the folder is read-only)."""
+    path = source_path(folder, image_id)
+    if not path.exists():
+        with contextlib.suppress(OSError):
+            record_source(folder, image_id, image_signature(image_file))
+        return True
+    return same_image(_read_source(path), image_file)
 
 
 def proposal_path(folder: str | os.PathLike, image_id: str) -> Path:

@@ -7,6 +7,8 @@ Layout (``--workdir``, default ``./sppdet-work``, env ``SPPDET_WORKDIR``)::
     <stage>-<hash>/              one folder per stage output; <hash> covers the stage's config,
         stage.json               its inputs' hashes and FORMAT_VERSION, so a change of any of
         ...                      them gives a new folder and nothing stale is ever reused
+        .busy                    flock'ed while a process computes the folder (:func:`stage_lock`)
+        .busy-shard-<i>-of-<n>   the same for shard i/n of a sharded stage
 
 Every file is written atomically (``sppdet.fileio``), so an interrupted run never leaves a
 half-written file that a later run would trust.
@@ -182,3 +184,101 @@ class WorkDir:
     def stage_hash(self, folder: Path) -> str:
         """The hash part of a stage folder's name (its identity, used as an input hash)."""
         return folder.name.rsplit("-", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# one process computes a folder (or a shard of it) at a time
+
+BUSY_FILE = ".busy"
+_PID_FIELD = 11  # the holder's pid, right-aligned in 10 characters and a newline, at offset 0
+
+
+@contextlib.contextmanager
+def stage_lock(folder: Path, shard: tuple[int, int] = (1, 1), shardable: bool = False) -> Iterator[None]:
+    """Hold ``folder``'s busy lock while a stage computes into it, so that a second process
+    running the same stage on the same work directory stops with one ``WorkdirError`` line naming
+    the holder's pid instead of silently computing everything again.
+
+    Unsharded (``shard == (1, 1)``): an exclusive ``flock`` of ``<folder>/.busy``. Shard ``(i, n)``
+    of a sharded stage: a shared ``flock`` of ``.busy`` (shards run side by side, but not beside
+    an unsharded run of the folder) plus an exclusive one of ``.busy-shard-<i>-of-<n>`` (the same
+    shard twice is refused). Locks are taken without waiting, and released when the block ends or
+    the process dies (the kernel drops a dead process's ``flock``), so a killed run never leaves
+    the folder locked. The lock files stay (removing them would race with a new holder).
+    ``shardable``: the stage has ``--shard``, which the message then suggests."""
+    index, count = shard
+    with contextlib.ExitStack() as held:
+        if count == 1:
+            hint = "; wait for it to finish, or use --shard i/n to split the work" if shardable else \
+                "; wait for it to finish"
+            held.enter_context(_flock(folder / BUSY_FILE, fcntl.LOCK_EX, str(folder), hint))
+        else:
+            busy = f"{folder} (shard {index}/{count})"
+            held.enter_context(_flock(folder / BUSY_FILE, fcntl.LOCK_SH, str(folder),
+                                      "; wait for it to finish before running shards"))
+            held.enter_context(_flock(folder / f"{BUSY_FILE}-shard-{index}-of-{count}", fcntl.LOCK_EX, busy,
+                                      "; wait for it to finish, or run another shard"))
+        yield
+
+
+@contextlib.contextmanager
+def lazy_stage_lock(folder: Path, shard: tuple[int, int] = (1, 1),
+                    shardable: bool = False) -> Iterator[Callable[[], bool]]:
+    """:func:`stage_lock` taken on demand, for a stage that finds out image by image whether it
+    has anything to compute (a fully cached run writes no lock file). Yields ``take()``: it takes
+    the lock on its first call and returns True then (the caller checks its item again: another
+    process may have just computed it), False on later calls."""
+    taken = False
+    with contextlib.ExitStack() as held:
+        def take() -> bool:
+            nonlocal taken
+            if taken:
+                return False
+            held.enter_context(stage_lock(folder, shard, shardable))
+            taken = True
+            return True
+        yield take
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int, what: str, hint: str) -> Iterator[None]:
+    """Hold ``flock(path, mode)`` taken without waiting; the holder of an exclusive lock writes
+    its pid in the file. ``WorkdirError`` "``what`` is being computed by another sppdet process
+    (pid N)``hint``" when another process holds it (:func:`_holders` finds N)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirError(f"{what} is being computed by another sppdet process "
+                               f"({_holders(path, fd)}){hint}") from None
+        if mode == fcntl.LOCK_EX:  # fixed width at offset 0, so no older pid's digits remain
+            os.pwrite(fd, f"{os.getpid():>{_PID_FIELD - 1}}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holders(path: Path, fd: int) -> str:
+    """"pid N" (or "pids N, M") of the processes holding the busy lock ``path`` (open as ``fd``):
+    the pid written in it by an exclusive holder, else those of the shard lock files beside it
+    that are held now (shards hold ``.busy`` shared and write their pid in their own file)."""
+    pids = []
+    if path.name == BUSY_FILE:
+        for shard_file in sorted(path.parent.glob(f"{BUSY_FILE}-shard-*")):
+            shard_fd = os.open(shard_file, os.O_RDONLY)
+            try:
+                fcntl.flock(shard_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a running shard
+                pids.append(_written_pid(shard_fd))
+            finally:
+                os.close(shard_fd)
+    pids = pids or [_written_pid(fd)]
+    return f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(pids)}"
+
+
+def _written_pid(fd: int) -> str:
+    """The pid written in a lock file by its holder ("unknown" if none is readable)."""
+    text = os.pread(fd, _PID_FIELD, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"

@@ -128,10 +128,16 @@ class WindowSource:
 
     @property
     def inputs(self) -> dict[str, str]:
-        """Input hashes of a stage trained on these windows (for ``WorkDir.stage_dir``)."""
+        """Input hashes of a stage trained on these windows (for ``WorkDir.stage_dir``): the
+        features and proposals folders, the split, the dataset root and ``content``, the split's
+        content digest (``VocDataset.content_digest``: ids, classes, annotation bytes, image
+        contents), so a changed annotation or image trains again in a new folder. The cache
+        folders' hashes cover only settings: their files follow each image's content
+        (``sppdet.workdir.caches``, "Sources"), which the content digest covers here."""
         return {"features": self.feature_hash,
                 "proposals": self.workdir.stage_hash(self.proposals_folder),
-                "split": self.dataset.split, "data": str(self.dataset.root)}
+                "split": self.dataset.split, "data": str(self.dataset.root),
+                "content": self.dataset.content_digest()}
 
     def ground_truth(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(boxes float32 [G, 4], labels int64 [G] in 1..K (-1: class outside the list),
