@@ -319,32 +319,47 @@ def _disk_bytes(folder: Path, block: int = 4096) -> int:
     return sum(-(-p.stat().st_size // block) * block if p.is_file() else block for p in folder.rglob("*"))
 
 
+def _on_small_disk(root: Path, snapshot: Path, args: list[str], size: int, label: str):
+    """Run ``sppdet ARGS`` on a copy of ``snapshot`` on a tmpfs of ``size`` bytes: (its result,
+    the copy moved to a large disk afterwards) or (None, why no tmpfs could be mounted)."""
+    disk = root / "trials" / f"disk-{label}"
+    disk.mkdir(parents=True, exist_ok=True)
+    why = _mount(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)])
+    if why:
+        return None, why
+    try:
+        work = disk / "work"
+        shutil.copytree(snapshot, work, symlinks=True)
+        ran = run(work, args)
+        return ran, trial_dir(root, work, f"disk-moved-{label}")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def full_disk_case(root: Path, snapshots, sums) -> Case:
-    """Each writing stage on a tmpfs that fills during the stage: one error line, no partial or
-    temporary file; then, copied to a large disk, the stage completes with the reference's files."""
+    """Each writing stage on a tmpfs that fills half-way through the stage (or, where the stage
+    still finished, one with no room left at all): one error line, no partial or temporary file;
+    then, on a large disk, the stage completes with the reference's files."""
     case = Case("full disk during a stage")
     for index, (name, args) in enumerate(CHAIN):
         before, after = _disk_bytes(snapshots[index]), _disk_bytes(snapshots[index + 1])
-        if after - before < 8192:
-            continue  # the stage writes too little to fill a disk half-way
-        disk = root / "trials" / f"disk-{index}"
-        disk.mkdir(parents=True, exist_ok=True)
-        size = before + max(4096, (after - before) // 2 // 4096 * 4096)  # fills half-way through
-        why = _mount(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)])
-        if why:
-            case.skipped = f"no tmpfs mount here ({why})"
-            return case
-        try:
-            work = disk / "work"
-            shutil.copytree(snapshots[index], work, symlinks=True)
-            ran = run(work, args)
-            case.tried += 1
-            problem = clean_failure(ran) if ran.code != 0 else "exit 0 on a full disk"
-            partial = [n for n, d in digests(work).items() if n not in sums[index] and sums[index + 1].get(n) != d]
-            leftovers = temp_files(work)
-            moved = trial_dir(root, work, f"disk-moved-{index}")
-        finally:
-            subprocess.run(["umount", str(disk)], capture_output=True)
+        if after <= before:
+            continue  # the stage writes nothing
+        half = before + max(4096, (after - before) // 2 // 4096 * 4096)
+        for attempt, size in enumerate((half, before)):
+            ran, moved = _on_small_disk(root, snapshots[index], args, size, f"{index}-{attempt}")
+            if ran is None:
+                case.skipped = f"no tmpfs mount here ({moved})"
+                return case
+            if ran.code != 0:
+                break
+        case.tried += 1
+        if ran.code == 0:
+            case.notes.append(f"{name}: finished even with no room left (exit 0)")
+            continue
+        problem = clean_failure(ran)
+        partial = [n for n, d in digests(moved).items() if n not in sums[index] and sums[index + 1].get(n) != d]
+        leftovers = temp_files(moved)
         again = run(moved, args)
         missing = lost(sums[index + 1], moved)
         case.files_lost += missing

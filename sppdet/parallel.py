@@ -168,6 +168,7 @@ class _Tracker:
 
 def _death_message(names: list[str]) -> str:
     """The one line for a dead worker that was on the items ``names``."""
-    on = " or ".join(names) if names else "an unknown item"
-    return (f"a worker process died (killed, out of memory?) while on {on}; "
+    # no name: it died before announcing an item, i.e. while starting (importing torch, OpenCV)
+    on = f"while on {' or '.join(names)}" if names else "before it started on an image"
+    return (f"a worker process died (killed, out of memory?) {on}; "
             "re-run to continue: finished images are kept")

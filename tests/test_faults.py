@@ -845,3 +845,25 @@ def test_killed_holder_leaves_no_lock_and_cached_runs_take_none(tmp_path, lock_h
     assert sppdet(work, "propose", "--workers", "1").exit_code == 0
     lock_holder(folder)
     assert sppdet(work, "propose", "--workers", "1").exit_code == 0  # nothing to compute: no lock needed
+
+
+# 15. a copied or moved work directory --------------------------------------------------------
+
+
+def test_a_moved_work_directory_records_nothing_new(tmp_path):
+    """Records name files below the work directory relative to it: after `mv`, a fully cached
+    re-run changes no record (so it also runs on a read-only copy)."""
+    import shutil
+
+    root, work = write_dataset(tmp_path / "voc", count=6), tmp_path / "work"
+    for args in (("propose", "--data", str(root), "--split", "trainval", "--workers", "1"),
+                 ("propose", "--split", "test", "--workers", "1"), ("pretrain", *TINY_OPTIONS),
+                 ("extract", "--split", "trainval"), ("extract", "--split", "test")):
+        assert sppdet(work, *args).exit_code == 0, args
+    moved = tmp_path / "moved"
+    shutil.move(work, moved)
+    before = (moved / "config.json").read_bytes()
+    assert sppdet(moved, "extract", "--split", "trainval").exit_code == 0
+    assert (moved / "config.json").read_bytes() == before
+    record = json.loads(before)["stages"]["extract"]
+    assert not Path(record["weights_source"]).is_absolute()

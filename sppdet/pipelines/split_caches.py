@@ -41,7 +41,7 @@ def ensure_split_caches(work: WorkDir, split: str, views: Sequence[str] = (),
         with progress_bar(len(propose_job.todo), f"propose {split}") as advance:
             run_propose(propose_job, progress=advance)
     config = features_info(work.root / record["folder"]).config
-    weights = "none" if config.weights == "none" else record.get("weights_source")
+    weights = "none" if config.weights == "none" else work.recorded_path(record.get("weights_source"))
     job = prepare_extract_like(work, split, config, weights, device, views=views)
     if job.folder.name != record["folder"]:
         raise WorkdirError(f"{work.root / record['folder']}: the recorded trunk no longer rebuilds the same "

@@ -163,7 +163,8 @@ def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str |
     prior = extract_record(work)
     prior_config = prior.get("config", {}) if prior else {}
     same_weights = prior_config.get("weights") == "none" if chosen == "none" else \
-        bool(prior) and prior.get("weights_source") == chosen
+        bool(prior) and work.portable_path(work.recorded_path(prior.get("weights_source")) or "") == \
+        work.portable_path(chosen)
     same_trunk = same_weights and prior_config.get("backbone") == backbone and \
         float(prior_config.get("width", -1)) == float(width)
     if target is None and same_trunk:
@@ -313,7 +314,7 @@ def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSum
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": info.stride, "offset": info.offset,
                                      "channels": info.channels,
-                                     "weights_source": job.backbone.weights_source})
+                                     "weights_source": job.workdir.portable_path(job.backbone.weights_source)})
     return ExtractSummary(
         folder=job.folder, images=len(job.image_ids), computed=computed,
         skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,

@@ -175,7 +175,7 @@ def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSumm
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": job.backbone.stride, "offset": job.backbone.offset,
                                      "channels": job.backbone.channels,
-                                     "weights_source": job.backbone.weights_source})
+                                     "weights_source": job.workdir.portable_path(job.backbone.weights_source)})
     return RcnnSummary(
         folder=job.folder, images=len(job.image_ids), computed=computed,
         skipped=len(job.image_ids) - computed, seconds=time.perf_counter() - start,

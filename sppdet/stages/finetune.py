@@ -132,8 +132,8 @@ def _conv_start(work: WorkDir) -> tuple[Path, str]:
     current, tuned = features_dir(work), stages.get(TRUNK_RECORD, {})
     base = tuned.get("base_features")
     if tuned.get("features") == current.name and base and (work.root / base).is_dir():
-        return work.root / base, tuned.get("base_weights_source", "")
-    return current, stages.get(EXTRACT_STAGE, {}).get("weights_source", "")
+        return work.root / base, work.recorded_path(tuned.get("base_weights_source", ""))
+    return current, work.recorded_path(stages.get(EXTRACT_STAGE, {}).get("weights_source", ""))
 
 
 def _train_conv(source: WindowSource, head: FcHead, start: Path, weights_source: str,
@@ -229,7 +229,7 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
         workdir.record_stage(TRUNK_RECORD, {
             "weights": weights, "backbone": job.config.backbone, "width": job.config.width,
             "folder": folder.name, "features": job.folder.name, "base_features": start.name,
-            "base_weights_source": weights_source,
+            "base_weights_source": workdir.portable_path(weights_source),
             "after_pretrain": stages.get("pretrain", {}).get("weights")})
     _, meta = load_head(head_path)
     workdir.record_stage(stage_key(STAGE, method), record)

@@ -57,5 +57,8 @@ class EpochCheckpoint:
         save_torch_file(self.path, {**state, "kind": KIND})
 
     def discard(self) -> None:
-        """Delete the checkpoint (the final output is saved, or was found complete)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the checkpoint (the final output is saved, or was found complete). Nothing is
+        touched when there is none, so a fully cached run works in a read-only work directory
+        (unlinking a missing file there fails with EROFS, not ENOENT)."""
+        if self.path.exists():
+            self.path.unlink(missing_ok=True)

@@ -110,6 +110,25 @@ class WorkDir:
         finally:
             os.close(fd)  # releases the lock
 
+    def portable_path(self, value: str) -> str:
+        """``value`` as a record stores it: a file below the work directory relative to it, so a
+        copied or moved work directory still finds it (and a cached re-run in the copy records
+        nothing new); anything else (a file elsewhere, "random (seed 0)") unchanged."""
+        path = Path(value)
+        if path.is_absolute():
+            try:
+                return str(path.resolve().relative_to(self.root.resolve()))
+            except (ValueError, OSError):
+                pass
+        return value
+
+    def recorded_path(self, value: str | None) -> str | None:
+        """A path read back from a record: one relative to the work directory made absolute
+        (:meth:`portable_path`); absolute ones, and values naming no file below it, unchanged."""
+        if not value or Path(value).is_absolute() or not (self.root / value).exists():
+            return value
+        return str(self.root / value)
+
     def set_data_root(self, data_root: str | os.PathLike) -> None:
         """Record the dataset root, so later commands need no ``--data``; ``WorkdirError`` if
         another root is recorded already (:meth:`check_data_root`)."""

@@ -142,6 +142,6 @@ def rebuild_trunk(workdir: WorkDir, folder: Path, info,
     ``sppdet.workdir.caches.rcnn_info`` with ``stage = "extract:rcnn"``), from the weights file of
     the ``stage`` record (:func:`feature_trunk` checks it)."""
     record = workdir.config().get("stages", {}).get(stage) or {}
-    source = record.get("weights_source") if record.get("folder") == folder.name else None
+    source = workdir.recorded_path(record.get("weights_source")) if record.get("folder") == folder.name else None
     return feature_trunk(folder, info, source,
                          "re-run sppdet extract, finetune, train-svm and train-bbox")
