@@ -16,6 +16,8 @@ Cases:
 * ``kill -9 <stage>`` (``--trials`` times per stage): the stage started on a copy of the work
   directory as the reference left it before that stage, killed (its whole process group, pool
   workers included) at a random moment within its reference duration, then re-run.
+* ``Ctrl-C <stage>``: SIGINT to the stage's process group at a random moment (as a terminal
+  sends it): no traceback from it or its workers; then re-run.
 * ``worker killed``: one propose pool worker killed; propose must stop with one line, not hang.
 * ``two identical runs at once``, ``two shards at once``: propose twice side by side; each either
   finishes or says the folder is busy; then a plain run completes.
@@ -210,6 +212,34 @@ def kill_cases(root: Path, snapshots, sums, seconds, trials: int, rng: random.Ra
     return cases
 
 
+def interrupt_cases(root: Path, snapshots, sums, seconds, rng: random.Random) -> list[Case]:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at a random moment of
+    each stage: no traceback from the command or its workers, then a re-run completes."""
+    cases = []
+    for index, (name, args) in enumerate(CHAIN):
+        case = Case(f"Ctrl-C {name}", tried=1)
+        work = trial_dir(root, snapshots[index], f"sigint-{index}")
+        after = rng.uniform(0.3, 0.9) * max(seconds[index], 0.5)
+        began = time.perf_counter()
+        process = start(work, args)
+        try:
+            process.wait(timeout=after)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGINT)
+        ran = finish(process, began, timeout=120)
+        again = run(work, args)
+        problem = ("traceback: " + ran.output.strip().splitlines()[-1][:160] if "Traceback" in ran.output
+                   else "hung after Ctrl-C" if ran.code is None else
+                   f"re-run exit {again.code}" if again.code != 0 else "")
+        case.files_lost = lost(sums[index + 1], work)
+        if problem or case.files_lost or temp_files(work):
+            case.notes.append(f"interrupted at {after:.1f} s: {problem} lost {case.files_lost}")
+        else:
+            case.survived = 1
+        cases.append(case)
+    return cases
+
+
 def worker_kill_case(root: Path, snapshots, sums, seconds: float) -> Case:
     """Kill one propose pool worker about half-way through propose (``seconds``: its reference
     duration): propose must stop with one line (never hang); a re-run completes."""
@@ -395,6 +425,7 @@ def main() -> int:
     snapshots, sums, seconds = reference_run(root)
     rng = random.Random(args.seed)
     cases = [*kill_cases(root, snapshots, sums, seconds, args.trials, rng),
+             *interrupt_cases(root, snapshots, sums, seconds, rng),
              worker_kill_case(root, snapshots, sums, seconds[0]),
              *concurrent_cases(root, snapshots, sums),
              read_only_case(root, snapshots, sums),

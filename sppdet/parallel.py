@@ -118,7 +118,8 @@ def _pool_map(fn: Callable[[T], R], items: list[T], workers: int,
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                initargs=(tracker.started,))
     try:
-        futures = {pool.submit(_run_item, fn, index, item): index for index, item in enumerate(items)}
+        with _sigint_ignored_by_children():
+            futures = {pool.submit(_run_item, fn, index, item): index for index, item in enumerate(items)}
         tracker.processes = {p.pid: p for p in multiprocessing.active_children()}  # all spawned by now
         for future in as_completed(futures):
             try:
@@ -130,6 +131,25 @@ def _pool_map(fn: Callable[[T], R], items: list[T], workers: int,
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C, an error: start no more items
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Ignore SIGINT while pool workers are spawned (the pool spawns them on submit): a spawned
+    interpreter keeps an ignored SIGINT, so Ctrl-C, which the terminal sends to the whole process
+    group, interrupts only the parent; it stops handing out items, lets the running ones finish
+    (their files are written atomically) and exits with one line, instead of every worker printing
+    a KeyboardInterrupt traceback. Outside the main thread (where signals cannot be set) a no-op."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Tracker:

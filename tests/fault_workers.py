@@ -38,3 +38,10 @@ def hold_stage_lock(folder: str, shard: tuple[int, int], ready) -> None:
     with stage_lock(Path(folder), tuple(shard), shardable=True):
         ready.set()
         time.sleep(60)
+
+
+def sigint_ignored(_item) -> bool:
+    """In a pool worker: whether Ctrl-C (SIGINT) is ignored there."""
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN

@@ -867,3 +867,20 @@ def test_a_moved_work_directory_records_nothing_new(tmp_path):
     assert (moved / "config.json").read_bytes() == before
     record = json.loads(before)["stages"]["extract"]
     assert not Path(record["weights_source"]).is_absolute()
+
+
+# 16. Ctrl-C -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_pool_workers_ignore_ctrl_c_and_the_parent_keeps_it():
+    """Ctrl-C reaches the whole process group: the workers ignore it (no traceback from each), the
+    parent still gets KeyboardInterrupt and stops the pool (benchmarks/faults.py, "Ctrl-C")."""
+    import signal
+
+    from fault_workers import sigint_ignored
+    from sppdet.parallel import map_unordered
+
+    before = signal.getsignal(signal.SIGINT)
+    assert all(map_unordered(sigint_ignored, [0, 1], workers=2))
+    assert signal.getsignal(signal.SIGINT) is before
