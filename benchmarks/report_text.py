@@ -340,7 +340,7 @@ def faults_section(faults: dict) -> list[str]:
     lost = sum(c["files_lost"] for c in faults["cases"])
     return ["## Faults",
             f"`benchmarks/faults.py` ({faults['images']} synth images, {faults['trials']} kill trials per "
-            "stage at random moments, seed "
+            "stage at random moments of its reference run, start-up included, seed "
             f"{faults['seed']}): each case breaks a run of the real `sppdet` commands, then compares the work "
             "directory with an uninterrupted run; a case survives when nothing hung, nothing printed a "
             "traceback, a failure was one error line, no temporary file was left and the re-run gave the "
