@@ -34,7 +34,8 @@ def _parse_scales(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="zf5 channel multiplier (0.25 = a small, CPU-friendly trunk). Default: that of the "
                    "trained trunk, else 1.0.")
 @click.option("--weights", default=None, metavar="none|imagenet|PATH",
-              help="Trunk weights: random (none), torchvision ImageNet file, or a state dict. "
+              help="Trunk weights: random (none), torchvision's ImageNet file (downloaded into "
+                   "$TORCH_HOME on first use), or a state dict. "
                    "Default: the trunk saved by `sppdet pretrain` (or finetune --train-conv); "
                    "without one, random weights with a warning.")
 @click.option("--scales", default=None, callback=_parse_scales,

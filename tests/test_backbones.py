@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,17 +159,25 @@ def test_weights_errors_name_the_file(tmp_path):
 
 
 def test_imagenet_offline_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert imagenet_weights_path("alexnet") == expected
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ModelError) as info:
         build_backbone("alexnet", weights="imagenet")
     message = str(info.value)
     assert "\n" not in message and str(expected) in message and "--weights PATH" in message
+    assert "download failed (" in message and "Temporary failure" in message and "https://" in message
     with pytest.raises(ModelError, match="no public ImageNet weights"):
         build_backbone("zf5", weights="imagenet")
     # a file in the cache is used, without any download
-    expected.parent.mkdir(parents=True)
+    expected.parent.mkdir(parents=True, exist_ok=True)  # made by the failed download
     torch.save(build_backbone("alexnet", seed=9).trunk.state_dict(), expected)
     assert build_backbone("alexnet", weights="imagenet").weights_id == file_hash(expected)
 
@@ -183,3 +192,27 @@ def test_bad_names_and_devices():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_imagenet_weights_download_once_into_the_torch_cache(tmp_path, monkeypatch):
+    """--weights imagenet fetches torchvision's file on first use (download faked: a tiny local
+    state dict stands for it), checks the hash prefix of its name, then reads the cached file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = tmp_path / "served.pth"
+    torch.save({f"features.{k}": v for k, v in build_backbone("alexnet", seed=5).trunk.state_dict().items()},
+               source)
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix))
+        Path(dst).write_bytes(source.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    first = build_backbone("alexnet", weights="imagenet")
+    target = imagenet_weights_path("alexnet")
+    assert calls == [("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", str(target), "7be5be79")]
+    assert first.weights_id == file_hash(target)
+    again = build_backbone("alexnet", weights="imagenet")
+    assert len(calls) == 1 and again.weights_id == first.weights_id
+    reference = build_backbone("alexnet", seed=5).trunk.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in again.trunk.state_dict().items())

@@ -20,9 +20,10 @@ whose middle is input ``j*s - p + (k - 1)/2``, centred at ``a + b*((k - 1)/2 - p
 Each trunk's ``OFFSET`` below is this sum; tests/test_backbones.py checks it against the actual
 receptive field of the built modules (gradient support of single conv5 cells).
 
-Weights: ``"none"`` (seeded random init), ``"imagenet"`` (torchvision's file, from the local
-``$TORCH_HOME/hub/checkpoints`` only: no download is attempted) or a path to a state dict (the
-trunk's own keys, or a full torchvision-style model with ``features.N...`` keys).
+Weights: ``"none"`` (seeded random init), ``"imagenet"`` (torchvision's file in
+``$TORCH_HOME/hub/checkpoints``, downloaded there on first use as torchvision does; offline
+without it, one error line says where to put it) or a path to a state dict (the trunk's own
+keys, or a full torchvision-style model with ``features.N...`` keys).
 """
 
 from __future__ import annotations
@@ -199,6 +200,24 @@ def imagenet_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def download_imagenet_weights(name: str, path: Path, progress: bool = True) -> None:
+    """Download backbone ``name``'s ImageNet file from torchvision's URL to ``path`` (torch.hub:
+    a temporary file renamed when complete, checked against the SHA-256 prefix in the file's
+    name, a progress bar on stderr), as torchvision does on first use. Offline, or when the
+    download fails: ``ModelError`` naming the file, the URL and where to put it."""
+    url = _SPECS[name].imagenet.url
+    match = torch.hub.HASH_REGEX.search(path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None,
+                                       progress=progress)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
+        reason = (str(getattr(exc, "reason", "")) or str(exc) or type(exc).__name__).splitlines()[0]
+        raise ModelError(f"{path}: ImageNet weights for {name} are not here and the download failed "
+                         f"({reason}); fetch {url} to that path (its folder follows $TORCH_HOME) "
+                         "or pass --weights PATH") from None
+
+
 def _offending(keys: list[str], limit: int = 3) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -256,9 +275,7 @@ def build_backbone(name: str, width: float = 1.0, weights: str | os.PathLike = "
     path = None if str(weights) == "none" else (
         imagenet_weights_path(name) if str(weights) == "imagenet" else Path(weights))
     if str(weights) == "imagenet" and not path.is_file():
-        raise ModelError(f"{path}: ImageNet weights for {name} not found (no download is "
-                         f"attempted); fetch {spec.imagenet.url} to that path (its folder "
-                         "follows $TORCH_HOME) or pass --weights PATH")
+        download_imagenet_weights(name, path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trunk = spec.build(width)
