@@ -35,7 +35,7 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
 
 
 @click.command("detect")
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR|GLOB...")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR|GLOB|@LIST...")
 @workdir_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the annotated images (default: WORKDIR/detections).")
@@ -58,8 +58,9 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
            device, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
-    IMAGE|DIR|GLOB: image files, folders (their images) or quoted patterns such as
-    "photos/**/*.jpg". Proposals and conv features are cached in the work directory, so running
+    IMAGE|DIR|GLOB|@LIST: image files, folders (their images), quoted patterns such as
+    "photos/**/*.jpg", or @images.txt: a file listing any of those, one per line (relative to
+    its folder; # starts a comment). Proposals and conv features are cached in the work directory, so running
     again on the same images is fast. Writes an annotated copy of each image into OUT and every
     detection to a COCO-style JSON (image_id = file stem, bbox = [x, y, w, h] in 0-based pixels).
     An unreadable image is reported and skipped (exit code 1).

@@ -115,6 +115,22 @@ def test_expand_inputs(tmp_path):
         expand_inputs([str(tmp_path / "nothing*.png")])
 
 
+def test_expand_inputs_reads_at_lists(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        (folder / name).write_bytes(b"x")
+    listing = tmp_path / "lists" / "images.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"# a comment\n../photos/b.png\n\n  {folder / 'c.jpg'}  \n../photos/*.png\n")
+    # relative entries from the list's folder; patterns expand; the first mention wins
+    assert expand_inputs([f"@{listing}"]) == [folder / "b.png", folder / "c.jpg", folder / "a.png"]
+    with pytest.raises(DatasetError, match="cannot read this list of images"):
+        expand_inputs([f"@{tmp_path / 'absent.txt'}"])
+    (tmp_path / "@odd.png").write_bytes(b"x")  # an existing file named with @ is a file
+    assert expand_inputs([str(tmp_path / "@odd.png")]) == [tmp_path / "@odd.png"]
+
+
 def test_check_names(tmp_path):
     with pytest.raises(DatasetError, match="share the image id 'x'"):
         check_names([tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg"], None)

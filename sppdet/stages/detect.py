@@ -139,15 +139,35 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named by ``inputs`` (files, directories, glob patterns), in order, deduplicated.
+def read_input_list(text: str) -> list[str]:
+    """The inputs listed in the file ``text`` names after its ``@`` (``@images.txt``): one per
+    line, blank lines and ``#`` comments skipped, relative ones taken from the list file's folder
+    (as ultralytics and detectron2's tools read such lists). ``DatasetError`` if it cannot be read."""
+    listing = Path(text[1:]).expanduser()
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{listing}: cannot read this list of images ({exc.__class__.__name__}); "
+                           "give a UTF-8 text file with one image, folder or pattern per line") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [entry if Path(entry).expanduser().is_absolute() else os.path.normpath(listing.parent / entry)
+            for entry in entries]
 
-    An existing path wins over its reading as a pattern (a file name may contain ``[``). A missing
-    plain file is kept (it fails later as that image's error); a directory or a pattern without
-    image files raises ``DatasetError`` naming it.
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named by ``inputs`` (files, directories, glob patterns, ``@list.txt`` files of
+    those: :func:`read_input_list`), in order, deduplicated.
+
+    An existing path wins over its reading as a pattern (a file name may contain ``[``) or as a
+    list (``@``). A missing plain file is kept (it fails later as that image's error); a
+    directory or a pattern without image files raises ``DatasetError`` naming it.
     """
-    found: list[Path] = []
+    texts: list[str] = []
     for text in map(str, inputs):
+        listed = text.startswith("@") and not Path(text).exists()
+        texts.extend(read_input_list(text) if listed else [text])
+    found: list[Path] = []
+    for text in texts:
         path = Path(text).expanduser()
         if path.is_dir():
             files = _image_files(path)
