@@ -48,14 +48,22 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
               help="Detections kept per class per image (paper: 100).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="COCO-style results file (default: OUT/detections.json).")
+@click.option("--save-txt", is_flag=True,
+              help="Also write YOLO label files with scores: OUT/labels/<image>.txt.")
+@click.option("--save-xml", is_flag=True,
+              help="Also write Pascal VOC XML files (labelling tools open them): OUT/xml/<image>.xml.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write every detection to this CSV (image,class,score,x1,y1,x2,y2).")
+@click.option("--classes", "keep_classes", default=None, metavar="NAME[,NAME...]",
+              help="Keep only these classes' detections (default: all).")
 @tta_option("Test-time augmentation: average each window's SVM scores and box deltas over the "
             "image and these views of it (one more conv pass per view and new image).")
 @method_option
 @device_option
 @quiet_option
 @click.pass_context
-def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, tta, method,
-           device, quiet):
+def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, save_txt, save_xml,
+           csv_path, keep_classes, tta, method, device, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
     IMAGE|DIR|GLOB|@LIST: image files, folders (their images), quoted patterns such as
@@ -77,7 +85,10 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
         paths = expand_inputs(inputs)
         detector = ImageDetector(workdir, config, device, method)
         with progress_bar(len(paths), "detect", quiet=quiet) as advance:
-            run = detect_files(detector, paths, out, json_file, advance)
+            run = detect_files(detector, paths, out, json_file, advance,
+                               keep_classes=[c.strip() for c in keep_classes.split(",") if c.strip()]
+                               if keep_classes else None,
+                               save_txt=save_txt, save_xml=save_xml, csv_path=csv_path)
     for result in run.results:
         stdout_console.print(f"{result.path}: {len(result.scores)} detections", markup=False,
                              highlight=False, soft_wrap=True)

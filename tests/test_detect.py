@@ -357,6 +357,47 @@ def test_second_run_uses_the_cache(trained, tmp_path):
     assert len(strict.detections()) <= len(second.detections())
 
 
+def test_outputs_other_tools_read_and_a_class_filter(trained, tmp_path):
+    """--save-txt (YOLO), --save-xml (VOC), --csv and --classes hold the same detections as the
+    run's results, in each format's convention."""
+    import csv
+
+    from sppdet.data.voc import read_annotation
+    from sppdet.errors import ConfigError as Refused
+
+    work, _, new = trained
+    paths = [new / "gray.png", new / "rgba.png"]
+    detector = ImageDetector(work, DetectConfig(score_threshold=-1.0), "cpu")
+    out = tmp_path / "out"
+    run = detect_files(detector, paths, out, None, save_txt=True, save_xml=True, csv_path=tmp_path / "d.csv")
+    total = sum(len(r.scores) for r in run.results)
+    assert total > 0
+    rows = list(csv.DictReader((tmp_path / "d.csv").open()))
+    assert len(rows) == total and {r["class"] for r in rows} <= set(CLASSES)
+    for result in run.results:
+        height, width = result.image_hw
+        lines = (out / "labels" / f"{result.image_id}.txt").read_text().splitlines()
+        assert len(lines) == len(result.scores)
+        for line, box, score, label in zip(lines, result.boxes, result.scores, result.labels):
+            k, cx, cy, w, h, conf = line.split()
+            assert int(k) == label - 1 and abs(float(conf) - score) < 1e-5
+            assert abs(float(cx) * width - (box[0] + box[2]) / 2) < 1e-3
+            assert abs(float(h) * height - (box[3] - box[1])) < 1e-3
+        xml = read_annotation(out / "xml" / f"{result.image_id}.xml")
+        assert xml.names == tuple(CLASSES[label - 1] for label in result.labels)
+        assert (xml.width, xml.height) == (width, height)
+        np.testing.assert_allclose(xml.boxes, result.boxes, atol=1.0)  # VOC stores whole pixels
+    only = CLASSES[int(run.results[0].labels[0]) - 1]
+    kept = detect_files(detector, paths, keep_classes=[only])
+    assert all((r.labels == CLASSES.index(only) + 1).all() for r in kept.results)
+    assert sum(len(r.scores) for r in kept.results) == sum(
+        int((r.labels == CLASSES.index(only) + 1).sum()) for r in run.results)
+    with pytest.raises(Refused, match="not classes of this detector"):
+        detect_files(detector, paths, keep_classes=["unicorn"])
+    with pytest.raises(Refused, match="give --out"):
+        detect_files(detector, paths, save_txt=True)
+
+
 def test_same_detections_as_the_split_pipeline(trained, tmp_path):
     """A dataset image detected as a new file gets exactly the detections of ``detect_split``:
     same proposals, same trunk, same pooling."""

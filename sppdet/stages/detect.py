@@ -68,6 +68,7 @@ from sppdet.parallel import Progress, no_progress
 from sppdet.workdir.caches import read_valid
 from sppdet.models.selective_search import selective_search
 from sppdet.workdir.caches import cached_rcnn_features
+from sppdet.evaluation.detection_files import write_detections_csv, write_voc_xml, write_yolo_txt
 from sppdet.evaluation.results_io import write_coco_json
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.ops.views import check_views, pool_view_windows, view_image
@@ -313,31 +314,72 @@ class ImageDetector:
                                 new_proposals or new_features, time.perf_counter() - start, None)
 
 
+def class_labels(names: Sequence[str] | None, classes: Sequence[str]) -> set[int] | None:
+    """Labels (1..K) of the class ``names`` to keep (``detect --classes``); None keeps all.
+    ``ConfigError`` naming unknown names and the detector's classes."""
+    if not names:
+        return None
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ConfigError(f"--classes {','.join(unknown)}: not classes of this detector; choose from "
+                          f"{', '.join(classes)}")
+    return {classes.index(n) + 1 for n in names}
+
+
+def _kept(result: ImageResult, labels: set[int] | None) -> ImageResult:
+    """``result`` with only the detections of ``labels`` (all when None)."""
+    if labels is None:
+        return result
+    keep = np.isin(result.labels, sorted(labels))
+    return dataclasses.replace(result, boxes=result.boxes[keep], scores=result.scores[keep],
+                               labels=result.labels[keep])
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SppdetError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
 def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
                  out_dir: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
-                 progress: Progress | None = None) -> DetectRun:
+                 progress: Progress | None = None, *, keep_classes: Sequence[str] | None = None,
+                 save_txt: bool = False, save_xml: bool = False,
+                 csv_path: str | os.PathLike | None = None) -> DetectRun:
     """Run ``detector`` on image files (``expand_inputs`` resolves folders and patterns).
 
     Writes an annotated copy of each image into ``out_dir`` and one COCO-style JSON of every
-    detection to ``json_path`` (each skipped when None). An image that fails becomes an
-    ``ImageError`` and the others go on; clashing names (:func:`check_names`) or an output folder
-    that cannot be created raise before any image is processed. ``progress(1)`` is called after
-    each image.
+    detection to ``json_path`` (each skipped when None); with ``save_txt`` / ``save_xml`` also
+    ``out_dir/labels/<stem>.txt`` (YOLO) / ``out_dir/xml/<stem>.xml`` (VOC), and with
+    ``csv_path`` one CSV (``sppdet.evaluation.detection_files``). ``keep_classes``: only these
+    classes' detections are kept (all when None). An image that fails becomes an ``ImageError``
+    and the others go on; clashing names (:func:`check_names`), unknown classes or an output
+    folder that cannot be created raise before any image is processed. ``progress(1)`` is called
+    after each image.
     """
     progress = progress or no_progress
     paths = [Path(p) for p in paths]
     out = None if out_dir is None else Path(out_dir)
     check_names(paths, out)
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SppdetError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+    labels = class_labels(keep_classes, detector.classes)
+    if (save_txt or save_xml) and out is None:
+        raise ConfigError("--save-txt and --save-xml write into the output folder; give --out")
+    for folder in ([out] if out is not None else []) + ([out / "labels"] if save_txt else []) + (
+            [out / "xml"] if save_xml else []):
+        _make_folder(folder)
     run = DetectRun(detector.classes, detector.cache_folder)
     start = time.perf_counter()
     for path in paths:
         try:
             bgr, result = detector.detect(path)
+            result = _kept(result, labels)
+            if save_txt:
+                write_yolo_txt(out / "labels", path.stem, result.boxes, result.scores, result.labels,
+                               result.image_hw)
+            if save_xml:
+                write_voc_xml(out / "xml", path.stem, path.name, result.boxes, result.labels,
+                              result.image_hw, detector.classes)
             if out is not None:
                 annotated = out / annotated_name(path)
                 write_image(annotated, draw_detections(bgr, result.boxes, result.scores,
@@ -351,4 +393,7 @@ def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
     if json_path is not None:
         write_coco_json(json_path, run.detections(), detector.classes)
         run.json_path = Path(json_path)
+    if csv_path is not None:
+        write_detections_csv(csv_path, ((r.image_id, r.boxes, r.scores, r.labels) for r in run.results),
+                             detector.classes)
     return run
