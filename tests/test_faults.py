@@ -884,3 +884,9 @@ def test_pool_workers_ignore_ctrl_c_and_the_parent_keeps_it():
     before = signal.getsignal(signal.SIGINT)
     assert all(map_unordered(sigint_ignored, [0, 1], workers=2))
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_train_says_when_a_stage_resumed():
+    from sppdet.pipelines.train import _resumed
+
+    assert _resumed(0) == "" and _resumed(3) == " (resumed from epoch 3)"

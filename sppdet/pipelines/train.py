@@ -131,7 +131,7 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
             summary = run_pretrain(job, progress=advance)
         last = summary.history[-1]
         return (("cached" if summary.skipped else f"{len(summary.history)} epochs")
-                + f", crop accuracy {last.accuracy:.3f}")
+                + _resumed(summary.resumed_from) + f", crop accuracy {last.accuracy:.3f}")
 
     views = tuple(sorted({view for view_set in settings.candidates["tta"] for view in view_set}))
 
@@ -146,7 +146,8 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
     def finetune() -> str:
         with progress_bar(settings.finetune.epochs * split_size(work, splits.train), "finetune") as advance:
             summary = run_finetune(work, splits.train, settings.finetune, progress=advance, device=plan.device)
-        return "cached" if not summary.trained else f"accuracy {summary.final_accuracy:.3f}"
+        return ("cached" if not summary.trained else
+                f"accuracy {summary.final_accuracy:.3f}{_resumed(summary.resumed_from)}")
 
     def bbox(split: str) -> str:
         with progress_bar(split_size(work, split), f"train-bbox {split}") as advance:
@@ -215,6 +216,11 @@ def write_summary(path: Path, summary: dict) -> None:
 def _without_run_entries(summary: dict) -> str:
     """``summary`` less :data:`RUN_ENTRIES`, as canonical JSON (tuples and lists alike)."""
     return json.dumps(to_jsonable({k: v for k, v in summary.items() if k not in RUN_ENTRIES}), sort_keys=True)
+
+
+def _resumed(epochs: int) -> str:
+    """The step note's mention of a resumed run (a checkpoint of a killed one), else nothing."""
+    return f" (resumed from epoch {epochs})" if epochs else ""
 
 
 def budget_epochs(work: WorkDir, job, minutes: float) -> int:
