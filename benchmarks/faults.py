@@ -116,17 +116,18 @@ def run(work: Path, args: list[str], timeout: float = TIMEOUT) -> Ran:
     return finish(start(work, args), began, timeout)
 
 
-def run_killed(work: Path, args: list[str], after: float) -> Ran:
-    """Start ``sppdet ARGS`` and kill -9 its process group ``after`` seconds later (if still running)."""
+def run_signalled(work: Path, args: list[str], after: float, signum: int) -> Ran:
+    """Start ``sppdet ARGS``, send ``signum`` to its process group ``after`` seconds later (if
+    still running) and wait for it to end (a hang after the signal times out after 120 s). An
+    exit by the signal itself, or 0, reads as code None: only a positive code is a failure."""
     began = time.perf_counter()
     process = start(work, args)
     try:
         process.wait(timeout=after)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    output, _ = process.communicate()
-    return Ran(process.returncode if process.returncode and process.returncode > 0 else None, output,
-               time.perf_counter() - began)
+        os.killpg(process.pid, signum)
+    ran = finish(process, began, timeout=120)
+    return ran if ran.code is None or ran.code > 0 else Ran(None, ran.output, ran.seconds)
 
 
 def digests(work: Path) -> dict[str, str]:
@@ -194,7 +195,7 @@ def kill_cases(root: Path, snapshots, sums, seconds, trials: int, rng: random.Ra
         for trial in range(trials):
             work = trial_dir(root, snapshots[index], f"kill-{index}-{trial}")
             after = rng.uniform(0.1, 0.9) * max(seconds[index], 0.5)
-            killed = run_killed(work, args, after)
+            killed = run_signalled(work, args, after, signal.SIGKILL)
             again = run(work, args)
             case.tried += 1
             problem = clean_failure(killed) or (f"re-run exit {again.code}: {again.output.strip()[-160:]}"
@@ -220,16 +221,10 @@ def interrupt_cases(root: Path, snapshots, sums, seconds, rng: random.Random) ->
         case = Case(f"Ctrl-C {name}", tried=1)
         work = trial_dir(root, snapshots[index], f"sigint-{index}")
         after = rng.uniform(0.3, 0.9) * max(seconds[index], 0.5)
-        began = time.perf_counter()
-        process = start(work, args)
-        try:
-            process.wait(timeout=after)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGINT)
-        ran = finish(process, began, timeout=120)
+        ran = run_signalled(work, args, after, signal.SIGINT)
         again = run(work, args)
         problem = ("traceback: " + ran.output.strip().splitlines()[-1][:160] if "Traceback" in ran.output
-                   else "hung after Ctrl-C" if ran.code is None else
+                   else "hung after Ctrl-C" if "[timed out" in ran.output else
                    f"re-run exit {again.code}" if again.code != 0 else "")
         case.files_lost = lost(sums[index + 1], work)
         if problem or case.files_lost or temp_files(work):

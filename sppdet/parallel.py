@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence, TypeVar
@@ -140,8 +141,6 @@ def _sigint_ignored_by_children() -> Iterator[None]:
     group, interrupts only the parent; it stops handing out items, lets the running ones finish
     (their files are written atomically) and exits with one line, instead of every worker printing
     a KeyboardInterrupt traceback. Outside the main thread (where signals cannot be set) a no-op."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

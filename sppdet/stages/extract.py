@@ -163,8 +163,7 @@ def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str |
     prior = extract_record(work)
     prior_config = prior.get("config", {}) if prior else {}
     same_weights = prior_config.get("weights") == "none" if chosen == "none" else \
-        bool(prior) and work.portable_path(work.recorded_path(prior.get("weights_source")) or "") == \
-        work.portable_path(chosen)
+        bool(prior) and work.portable_path(prior.get("weights_source") or "") == work.portable_path(chosen)
     same_trunk = same_weights and prior_config.get("backbone") == backbone and \
         float(prior_config.get("width", -1)) == float(width)
     if target is None and same_trunk:
