@@ -16,7 +16,7 @@ directory trained (``load_detector``) and runs them over a split from its caches
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,10 +39,12 @@ class Detector:
     regressors: BboxRegressor | None
     config: DetectConfig = DetectConfig()
     layer: str = "pool5"  # what the SVMs read (sppdet.models.svm.svm_features): pool5, fc7 or pool5+fc7
+    #: computes fc7 of ``head`` in its place, e.g. once per kept window (``WindowSource.fc7_function``)
+    fc7_of: Callable[[np.ndarray], np.ndarray] | None = None
 
     def score(self, pooled: np.ndarray) -> np.ndarray:
         """SVM scores float32 [R, K] of pooled windows [R, D]."""
-        return self.svms.scores(svm_features(self.layer, pooled, self.head, self.fc7_weight))
+        return self.svms.scores(svm_features(self.layer, pooled, self.head, self.fc7_weight, self.fc7_of))
 
     @property
     def fc7_weight(self) -> float:

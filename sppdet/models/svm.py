@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -271,10 +271,12 @@ def svm_feature_id(pooled_hash: str, layer: str, head_id: str | None = None) -> 
     return f"{pooled_hash}:pool5" if layer == "pool5" else f"{pooled_hash}:{layer}:{head_id}"
 
 
-def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0) -> np.ndarray:
+def svm_features(layer: str, pooled: np.ndarray, head=None, fc7_weight: float = 1.0,
+                 fc7_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The vectors the SVMs of ``layer`` read, float32 ``[R, F]``, from pooled ``[R, D]``: pool5
-    itself, fc7 of ``head`` ``[R, H7]``, or for "pool5+fc7" ``[pool5, fc7_weight * fc7]``."""
+    itself, fc7 of ``head`` ``[R, H7]``, or for "pool5+fc7" ``[pool5, fc7_weight * fc7]``.
+    ``fc7_of``: computes fc7 of ``head`` in its place (a memo, ``WindowSource.fc7_function``)."""
     if layer == "pool5":
         return pooled
-    fc7 = fc7_features(head, pooled)
+    fc7 = fc7_of(pooled) if fc7_of is not None else fc7_features(head, pooled)
     return fc7 if layer == "fc7" else np.concatenate([pooled, np.float32(fc7_weight) * fc7], axis=1)

@@ -78,15 +78,17 @@ class SvmSummary:
     feature_hash: str = ""  # what the SVMs read (features, layer and head), checked when loaded
 
 
-def _balance_weight(source: WindowSource, head, seed: int) -> float:
+def _balance_weight(source: WindowSource, head, seed: int, fc7_of=None) -> float:
     """mean |pool5| / mean |fc7| over random proposals of random images (seeded), so that both
-    parts of "pool5+fc7" have the same mean norm before the common R-CNN scaling."""
+    parts of "pool5+fc7" have the same mean norm before the common R-CNN scaling (``fc7_of``:
+    computes fc7 of ``head`` in its place, ``WindowSource.fc7_function``)."""
+    fc7_of = fc7_of or partial(fc7_features, head)
     rng = np.random.default_rng(seed)
     norms = np.zeros(2)
     for image_id in rng.permutation(source.image_ids)[:BALANCE_IMAGES]:
         proposals = source.proposals(image_id)
         pooled = source.pool(image_id, proposals[rng.permutation(len(proposals))[:BALANCE_WINDOWS]])
-        norms += [np.linalg.norm(pooled, axis=1).sum(), np.linalg.norm(fc7_features(head, pooled), axis=1).sum()]
+        norms += [np.linalg.norm(pooled, axis=1).sum(), np.linalg.norm(fc7_of(pooled), axis=1).sum()]
     if not norms[1] > 0:
         raise ModelError("fc7 features are all zero; check the finetune stage (or use --layer pool5)")
     return float(norms[0] / norms[1])
@@ -171,10 +173,11 @@ def _train_todo(workdir: WorkDir, source: WindowSource, configs: list[SvmConfig]
     """Train and save the SVMs of ``configs[i]`` into ``folders[i]`` for each ``i`` in ``todo``, in
     one pass over ``source`` (:func:`train_svm_variants`); fills ``reports[i]``."""
     first = configs[0]
-    fc7_weight = 1.0
+    fc7_weight, fc7_of = 1.0, source.fc7_function(head)
     if first.layer == "pool5+fc7":
-        fc7_weight = _balance_weight(source, head, first.seed) * first.fc7_scale
-    transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight)
+        fc7_weight = _balance_weight(source, head, first.seed, fc7_of) * first.fc7_scale
+    transform = None if head is None else partial(svm_features, first.layer, head=head, fc7_weight=fc7_weight,
+                                                  fc7_of=fc7_of)
     trunk = rebuild_trunk(workdir, source.features_folder, source.info) if augmenting else None
     copies = _copies_folder(workdir, source, first) if augmenting else None
 

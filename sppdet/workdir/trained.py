@@ -103,6 +103,7 @@ def detect_split(workdir: WorkDir, split: str, config: DetectConfig = DetectConf
     if source is None or tuple(source.levels) != tuple(levels or source.levels):
         source = WindowSource(workdir, split, data_root, levels=levels, method=method)
     detector = load_detector(workdir, source.feature_hash, source.dim, config, method)
+    detector.fc7_of = source.fc7_function(detector.head)  # None unless the caller keeps a memo
     names = check_views(config.tta)
     per_image = {}
     for image_id in source.image_ids:

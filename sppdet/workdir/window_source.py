@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from sppdet.workdir.methods import DEFAULT_METHOD, check_method
 from sppdet.workdir.caches import load_proposals, proposals_dir
 from sppdet.workdir.caches import lookup_pooled, rcnn_features_dir, rcnn_info
 from sppdet.ops.spp import LEVELS, pooled_dim
+from sppdet.models.head import fc7_features
 from sppdet.workdir.store import WorkDir
 from sppdet.ops.views import pool_view_windows
 from sppdet.structures.image_windows import ImageWindows, estimate_feature_scale, make_image_windows
@@ -60,18 +63,23 @@ def memory_budget(wanted: float, share: float = 0.25) -> float:
 
 
 class PooledMemo:
-    """Pooled windows kept in memory across passes, up to ``budget`` bytes (then it stops keeping).
+    """Pooled windows, and the fc7 vectors of the fine-tuned head for them, kept in memory
+    across passes, up to ``budget`` bytes (then it stops keeping).
 
     Training several SVMs on one split (``sppdet train``'s candidates, then the final refit on a
-    split that contains it) pools the same boxes of the same images again and again; the maps are
-    float16, so max-pooled values are float16 numbers and keeping them as float16 is exact. The
-    key is the features folder, the pyramid levels, the image, the view and the exact bytes of the
-    boxes, so a hit returns what pooling would have returned. Shared by every
-    :class:`WindowSource` given it (any split of the same work directory)."""
+    split that contains it) pools the same boxes of the same images again and again, and the
+    SVMs that read fc7 run the same head over them again and again. The key of pooled windows is
+    the features folder, the pyramid levels, the image, the view and the exact bytes of the
+    boxes, so a hit returns what pooling would have returned; the key of fc7 vectors is the
+    pooled array they came from and the head's weights (:func:`head_key`). Kept arrays are
+    read-only and returned as they are (no copy), so a caller cannot change what the next one
+    reads. Shared by every :class:`WindowSource` given it (any split of the same work directory)."""
 
     def __init__(self, budget: float):
         self.budget, self.held = budget, 0
         self.kept: dict[tuple, np.ndarray] = {}
+        self.fc7s: dict[tuple[int, str], np.ndarray] = {}
+        self.owned: dict[int, np.ndarray] = {}  # id -> pooled array kept here (ids are unique while kept)
 
     @staticmethod
     def key(source: "WindowSource", image_id: str, boxes: np.ndarray, view: str | None) -> tuple:
@@ -80,13 +88,41 @@ class PooledMemo:
         return (str(source.features_folder), source.levels, image_id, view, boxes.dtype.str, boxes.shape, digest)
 
     def get(self, key: tuple) -> np.ndarray | None:
-        kept = self.kept.get(key)
-        return None if kept is None else kept.astype(np.float32)
+        """The kept pooled windows float32 [R, D] (read-only) of ``key``, or None."""
+        return self.kept.get(key)
 
-    def put(self, key: tuple, pooled: np.ndarray) -> None:
-        if self.held + pooled.size * 2 <= self.budget:
-            self.kept[key] = pooled.astype(np.float16)
-            self.held += pooled.size * 2
+    def put(self, key: tuple, pooled: np.ndarray) -> np.ndarray:
+        """Keep ``pooled`` [R, D] under ``key`` if it fits; returns it (read-only when kept)."""
+        pooled = np.ascontiguousarray(pooled, np.float32)
+        if self.held + pooled.nbytes <= self.budget:
+            pooled.flags.writeable = False
+            self.kept[key] = self.owned[id(pooled)] = pooled
+            self.held += pooled.nbytes
+        return pooled
+
+    def fc7(self, pooled: np.ndarray, key_of_head: str, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``compute(pooled)`` (fc7 float32 [R, H7] of the head whose :func:`head_key` is
+        ``key_of_head``), computed once for each pooled array kept here."""
+        if self.owned.get(id(pooled)) is not pooled:
+            return compute(pooled)
+        key = (id(pooled), key_of_head)
+        if (kept := self.fc7s.get(key)) is not None:
+            return kept
+        fc7 = np.ascontiguousarray(compute(pooled), np.float32)
+        if self.held + fc7.nbytes <= self.budget:
+            fc7.flags.writeable = False
+            self.fc7s[key] = fc7
+            self.held += fc7.nbytes
+        return fc7
+
+
+def head_key(head) -> str:
+    """The identity of a head's weights (a digest of its state), for :meth:`PooledMemo.fc7`."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(head.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class WindowSource:
@@ -168,8 +204,16 @@ class WindowSource:
                                    self.info.stride, self.info.offset, self.levels,
                                    target=self.info.config.target).numpy()
         if key is not None:
-            self.memo.put(key, pooled)
+            pooled = self.memo.put(key, pooled)
         return pooled
+
+    def fc7_function(self, head) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A function pooled [R, D] -> fc7 of ``head`` float32 [R, H7] that computes each kept
+        pooled array's fc7 once (:meth:`PooledMemo.fc7`); None without a memo or a head."""
+        if self.memo is None or head is None:
+            return None
+        memo, key = self.memo, head_key(head)
+        return lambda pooled: memo.fc7(pooled, key, partial(fc7_features, head))
 
 
 def image_windows(source: WindowSource, image_id: str, transform=None, proposals: np.ndarray | None = None,
