@@ -229,6 +229,8 @@ def train_head(head: FcHead, batches: Callable[[int], Iterable[tuple[np.ndarray,
 def fc7_features(head: FcHead, pooled: np.ndarray | torch.Tensor, chunk: int = 4096) -> np.ndarray:
     """fc7 activations float32 [R, H7] of pooled vectors [R, D], in eval mode, in chunks."""
     head.eval()
+    if isinstance(pooled, np.ndarray) and not pooled.flags.writeable:
+        pooled = pooled.copy()  # a kept array (PooledMemo): torch wants to own writable memory
     x = torch.as_tensor(pooled, dtype=torch.float32)
     with torch.inference_mode():
         parts = [head.fc7_features(x[i : i + chunk]) for i in range(0, len(x), chunk)]
