@@ -1,4 +1,9 @@
-"""``sppdet detect``: the trained detector on new images: annotated copies, COCO JSON, tables."""
+"""``sppdet detect``: the trained detector on new images: annotated copies, COCO JSON, tables.
+
+The detector comes from ``--workdir`` or from a ``--model`` file (``sppdet export``), never both.
+With ``--model``, ``--score-threshold``, ``--nms``, ``--top-k`` and ``--tta`` default to the settings
+saved in the file; with ``--workdir``, to their listed defaults and the views ``sppdet train`` chose.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 from rich.text import Text
 
@@ -37,8 +43,11 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR|GLOB|@LIST...")
 @workdir_option
+@click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Use this .sppdet file (sppdet export) instead of a work directory; its saved "
+                   "settings are the defaults. Nothing is cached.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the annotated images (default: WORKDIR/detections).")
+              help="Folder for the annotated images (default: WORKDIR/detections, or ./detections with --model).")
 @click.option("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD, show_default=True,
               help="Keep (draw and write) detections scoring at least this; 0 is the SVMs' "
                    "decision boundary, -1 keeps the low scores AP evaluation wants.")
@@ -62,7 +71,7 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
 @device_option
 @quiet_option
 @click.pass_context
-def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path, save_txt, save_xml,
+def detect(ctx, inputs, workdir, model_file, out_dir, score_threshold, nms, top_k, json_path, save_txt, save_xml,
            csv_path, keep_classes, tta, method, device, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
@@ -71,19 +80,35 @@ def detect(ctx, inputs, workdir, out_dir, score_threshold, nms, top_k, json_path
     its folder; # starts a comment). Proposals and conv features are cached in the work directory, so running
     again on the same images is fast. Writes an annotated copy of each image into OUT and every
     detection to a COCO-style JSON (image_id = file stem, bbox = [x, y, w, h] in 0-based pixels).
-    An unreadable image is reported and skipped (exit code 1).
+    An unreadable image is reported and skipped (exit code 1). --model runs a file written by
+    sppdet export instead, with no work directory.
 
     Example: sppdet detect photos/*.jpg --out detections/ --score-threshold 0.5
     """
     from sppdet.stages.detect import ImageDetector, detect_files, expand_inputs
-    out = Path(out_dir) if out_dir else WorkDir(workdir).root / "detections"
+    given = {name for name in ("workdir", "score_threshold", "nms", "top_k", "method")
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    if model_file and "workdir" in given:
+        raise click.UsageError("--model and --workdir: give one; a model file needs no work directory")
+    out = Path(out_dir) if out_dir else (Path("detections") if model_file else WorkDir(workdir).root / "detections")
     json_file = Path(json_path) if json_path else out / "detections.json"
     with library_errors():
-        if tta is None:
-            tta = recorded_views(WorkDir(workdir)) if method == DEFAULT_METHOD else ()
-        config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, tta=tta)
+        if model_file:
+            from sppdet.workdir.export import read_model
+            source = read_model(model_file)
+            saved = source.defaults
+            config = DetectConfig(nms=nms if "nms" in given else saved.nms,
+                                  top_k=top_k if "top_k" in given else saved.top_k,
+                                  score_threshold=score_threshold if "score_threshold" in given
+                                  else saved.score_threshold, tta=saved.tta if tta is None else tta)
+            method = method if "method" in given else None
+        else:
+            source = workdir
+            if tta is None:
+                tta = recorded_views(WorkDir(workdir)) if method == DEFAULT_METHOD else ()
+            config = DetectConfig(nms=nms, top_k=top_k, score_threshold=score_threshold, tta=tta)
         paths = expand_inputs(inputs)
-        detector = ImageDetector(workdir, config, device, method)
+        detector = ImageDetector(source, config, device, method)
         with progress_bar(len(paths), "detect", quiet=quiet) as advance:
             run = detect_files(detector, paths, out, json_file, advance,
                                keep_classes=[c.strip() for c in keep_classes.split(",") if c.strip()]

@@ -24,6 +24,8 @@ COMMANDS = {
               "Detect objects in new images with the work directory's trained detector."),
     'eval': ('cli.eval', 'eval_command',
             "Score detections on a split with the Pascal VOC devkit's rules."),
+    'export': ('cli.export', 'export',
+               'Write the trained detector to one portable file for sppdet detect --model.'),
     'extract': ('cli.extract', 'extract',
                'Compute conv5 features of every image of a split, once per scale, and cache them.'),
     'finetune': ('cli.finetune', 'finetune',

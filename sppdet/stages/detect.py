@@ -1,4 +1,8 @@
-"""Detection on new image files: a trained work directory applied to images outside its dataset.
+"""Detection on new image files: a trained detector applied to images outside its dataset.
+
+The detector comes from a work directory, or from a ``.sppdet`` file that ``sppdet export`` wrote
+(``sppdet.workdir.export``): both give a ``sppdet.workdir.trained.DetectionModel``, and everything
+below runs the same on either.
 
 Shape shorthand: P proposals of one image, C conv5 channels, D = C * sum(n^2) the pooled length
 (levels 1, 2, 3, 6), K classes, N detections. Boxes follow ``sppdet.structures.boxes``.
@@ -27,7 +31,9 @@ never reuse it. Per image, keyed by the SHA-256 of the file's bytes (a renamed o
 hits, an edited one misses): ``<sha>.proposals.npy`` (float32 [P, 4]) and ``<sha>.npz`` (the maps
 in ``sppdet.models.features``' format), or for rcnn ``<sha>.rcnn.npy`` (float16 [P, D], the proposals'
 vectors), written atomically; an invalid file is recomputed. The cache is never pruned: delete
-the folder to reclaim the space.
+the folder to reclaim the space. A model file has no cache: proposals and features are computed on
+every run, and nothing is written beside the model (it may sit on a read-only medium, and a cache
+of its own would need a place, a key and pruning that a work directory already provides).
 
 Score threshold: ``DEFAULT_SCORE_THRESHOLD = 0.0``, the SVMs' decision boundary (score >= 0: the
 SVM's "object" side), for the drawn boxes and the JSON alike. (``DetectConfig`` and ``sppdet eval``
@@ -57,24 +63,23 @@ import numpy as np
 from sppdet.models.backbones import resolve_device
 from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig
 from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
-from sppdet.workdir.trained import load_detector, require_trained
+from sppdet.workdir.trained import DetectionModel, require_trained, workdir_model
 from sppdet.vis.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
-from sppdet.workdir.trained import rebuild_trunk
+from sppdet.workdir.export import read_model
 from sppdet.models.features import compute_features, load_feature_file, save_feature_file
-from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
+from sppdet.workdir.methods import DEFAULT_METHOD, check_method
 from sppdet.parallel import Progress, no_progress
 from sppdet.workdir.caches import read_valid
 from sppdet.models.selective_search import selective_search
 from sppdet.workdir.caches import cached_rcnn_features
+from sppdet.models.crops import compute_rcnn_features
 from sppdet.evaluation.detection_files import write_detections_csv, write_voc_xml, write_yolo_txt
 from sppdet.evaluation.results_io import write_coco_json
-from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.ops.views import check_views, pool_view_windows, view_image
-from sppdet.workdir.window_source import method_features, pooled_feature_hash
 from sppdet.fileio import atomic_save_npy, file_hash
-from sppdet.workdir.records import EXTRACT_RECORD, recorded_propose_config, recorded_views
+from sppdet.workdir.records import recorded_views
 from sppdet.workdir.store import WorkDir
 
 DEFAULT_CONFIG = DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD)
@@ -110,11 +115,11 @@ class ImageError:
 @dataclass
 class DetectRun:
     """A run over image files: the class names (label k is ``classes[k - 1]``), the per-image
-    results and errors in input order, the cache folder, the JSON written (or None), and the
-    seconds of the per-image loop."""
+    results and errors in input order, the cache folder (None for a model file: nothing cached),
+    the JSON written (or None), and the seconds of the per-image loop."""
 
     classes: tuple[str, ...]
-    cache_folder: Path
+    cache_folder: Path | None
     results: list[ImageResult] = field(default_factory=list)
     errors: list[ImageError] = field(default_factory=list)
     json_path: Path | None = None
@@ -206,36 +211,39 @@ def check_names(paths: Sequence[Path], out_dir: Path | None) -> None:
 
 
 class ImageDetector:
-    """A trained work directory ready to run on image files (models and trunk loaded once).
+    """A trained detector ready to run on image files (models and trunk loaded once).
 
-    ``config``: test settings (NMS, top-k, score threshold, box regression); ``device``:
-    "auto", "cpu" or "cuda" for the trunk and the pooling; ``method``: "spp" or "rcnn".
+    ``source``: a work directory (its detector trained with ``method``, default spp; proposals and
+    features cached in it), or a :class:`DetectionModel` already loaded, such as
+    :meth:`from_model_file`'s (nothing cached; ``method``, if given, must be the model's).
+    ``config``: test settings (NMS, top-k, score threshold, box regression, views); ``device``:
+    "auto", "cpu" or "cuda" for the trunk and the pooling.
     """
 
-    def __init__(self, workdir: str | os.PathLike | WorkDir | None,
-                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto",
-                 method: str = DEFAULT_METHOD):
-        work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
-        levels = tuple(require_trained(work, method).get("levels") or LEVELS)
-        self.method = method
+    def __init__(self, source: str | os.PathLike | WorkDir | DetectionModel | None,
+                 config: DetectConfig = DEFAULT_CONFIG, device: str = "auto", method: str | None = None):
+        if isinstance(source, DetectionModel):
+            model, work = source, None
+            if method is not None and method != model.method:
+                raise ConfigError(f"--method {method}: this model file holds an {model.method} detector")
+        else:
+            work = source if isinstance(source, WorkDir) else WorkDir(source)
+            require_trained(work, method or DEFAULT_METHOD)
+            model = None
+        self.method = model.method if model else check_method(method or DEFAULT_METHOD)
         self.views = check_views(config.tta)
-        if self.views and method != DEFAULT_METHOD:
+        if self.views and self.method != DEFAULT_METHOD:
             raise ConfigError("--tta needs the SPP features of sppdet extract, not --method rcnn")
-        self.propose_config = recorded_propose_config(work)
-        self.features_folder, self.info = method_features(work, method)
-        if method != DEFAULT_METHOD:
-            levels = self.info.config.levels
+        model = model or workdir_model(work, self.method)
+        self.model = model
+        self.propose_config, self.info, self.levels = model.propose, model.info, model.levels
+        self.backbone, self.dim = model.backbone, model.dim
         self.device = resolve_device(device)
-        self.backbone = rebuild_trunk(work, self.features_folder, self.info,
-                                      stage_key(EXTRACT_RECORD, method))
-        features_hash = work.stage_hash(self.features_folder)
-        self.levels = levels
-        self.dim = pooled_dim(self.info.channels, levels)
-        self.detector = load_detector(
-            work, pooled_feature_hash(features_hash, levels, method), self.dim, config, method)
+        self.detector = model.detector_for(config)
         self.classes = self.detector.classes
-        self.cache_folder = work.stage_dir(CACHE_STAGE, {"propose": self.propose_config},
-                                           inputs={"features": features_hash})
+        #: where proposals and features are cached (None: computed every time)
+        self.cache_folder = None if work is None else work.stage_dir(
+            CACHE_STAGE, {"propose": self.propose_config}, inputs={"features": model.features_hash})
 
     @classmethod
     def from_workdir(cls, workdir: str | os.PathLike | WorkDir | None = None, device: str = "auto",
@@ -247,22 +255,33 @@ class ImageDetector:
         views = recorded_views(work) if method == DEFAULT_METHOD else ()
         return cls(work, DetectConfig(score_threshold=score_threshold, tta=views), device, method)
 
+    @classmethod
+    def from_model_file(cls, path: str | os.PathLike, config: DetectConfig | None = None,
+                        device: str = "auto") -> "ImageDetector":
+        """The detector of a ``.sppdet`` file (``sppdet export``), no work directory needed;
+        ``config`` None: the test settings saved in the file (views, score threshold, NMS, top-k).
+        ``ModelError`` naming the file if it is not a valid model file."""
+        model = read_model(path)
+        return cls(model, config or model.defaults, device)
+
     def _proposals(self, bgr: np.ndarray, key: str) -> tuple[np.ndarray, bool]:
-        path = self.cache_folder / f"{key}.proposals.npy"
-        boxes = read_valid(path)
+        path = None if self.cache_folder is None else self.cache_folder / f"{key}.proposals.npy"
+        boxes = None if path is None else read_valid(path)
         if boxes is not None:
             return boxes, False
         boxes = selective_search(bgr, self.propose_config)
-        atomic_save_npy(path, boxes)
+        if path is not None:
+            atomic_save_npy(path, boxes)
         return boxes, True
 
     def _features(self, bgr: np.ndarray, key: str, image: Path,
                   view: str | None = None) -> tuple[list, np.ndarray, bool]:
         """(maps, scale factors, whether they were computed) of ``bgr`` or of its ``view``."""
-        path = self.cache_folder / (f"{key}.{view}.npz" if view else f"{key}.npz")
+        path = None if self.cache_folder is None else self.cache_folder / (
+            f"{key}.{view}.npz" if view else f"{key}.npz")
         scales = self.info.config.scales
         try:
-            cached = load_feature_file(path) if path.is_file() else None
+            cached = load_feature_file(path) if path is not None and path.is_file() else None
         except WorkdirError:
             cached = None
         if (cached is not None and len(cached.maps) == len(scales)
@@ -274,7 +293,8 @@ class ImageDetector:
                                              self.device, self.info.config.precision)
         except ModelError as exc:
             raise ModelError(f"{image}: {exc}") from None
-        save_feature_file(path, maps, factors, bgr.shape[:2])
+        if path is not None:
+            save_feature_file(path, maps, factors, bgr.shape[:2])
         return maps, factors, True
 
     def _pooled(self, bgr: np.ndarray, key: str, image: Path, proposals: np.ndarray,
@@ -283,6 +303,9 @@ class ImageDetector:
         ``view``, the proposals seen in that view of the image, pooled from its features."""
         if self.method != DEFAULT_METHOD:
             try:
+                if self.cache_folder is None:
+                    return compute_rcnn_features(self.backbone, bgr, proposals, self.info.config,
+                                                 device=self.device).astype(np.float32), True
                 return cached_rcnn_features(self.cache_folder / f"{key}.rcnn.npy", self.backbone, bgr,
                                             proposals, self.info.config, self.device)
             except ModelError as exc:

@@ -4,13 +4,18 @@ loaded and checked against the features they read.
 ``train-svm``, ``train-bbox`` and ``finetune`` record their models in ``config.json``; these
 functions find them (per ``--method``, ``sppdet.workdir.methods``), refuse models trained on other
 features, and assemble the detector (``sppdet.models.detector``) or run it over a split.
+:class:`DetectionModel` gathers everything detection on new image files needs (proposal settings,
+trunk, pyramid, detector); :func:`workdir_model` loads it from a work directory, and
+``sppdet.workdir.export`` writes it to, and reads it from, one ``.sppdet`` file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-from sppdet.config import DetectConfig
+from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig, ProposeConfig
 from sppdet.errors import ModelError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
 from sppdet.fileio import file_hash
@@ -19,12 +24,15 @@ from sppdet.models.bbox_reg import BboxRegressor
 from sppdet.models.detector import Detector
 from sppdet.models.head import FcHead, load_head
 from sppdet.models.svm import SvmModel, svm_feature_id
+from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.ops.views import check_views
 from sppdet.parallel import Progress, no_progress
+from sppdet.workdir.caches import FeaturesInfo, RcnnInfo
 from sppdet.workdir.methods import DEFAULT_METHOD, stage_key
-from sppdet.workdir.records import BBOX_RECORD, EXTRACT_RECORD, FINETUNE_RECORD, SVM_RECORD
+from sppdet.workdir.records import (BBOX_RECORD, EXTRACT_RECORD, FINETUNE_RECORD, SVM_RECORD,
+                                    recorded_propose_config, recorded_views)
 from sppdet.workdir.store import WorkDir
-from sppdet.workdir.window_source import WindowSource
+from sppdet.workdir.window_source import WindowSource, method_features, pooled_feature_hash
 
 
 def finetuned_head(workdir: WorkDir, feature_hash: str, in_dim: int,
@@ -146,3 +154,58 @@ def rebuild_trunk(workdir: WorkDir, folder: Path, info,
     source = workdir.recorded_path(record.get("weights_source")) if record.get("folder") == folder.name else None
     return feature_trunk(folder, info, source,
                          "re-run sppdet extract, finetune, train-svm and train-bbox")
+
+
+@dataclass(frozen=True)
+class DetectionModel:
+    """A trained detector ready for new image files, wherever it was loaded from: a work directory
+    (:func:`workdir_model`) or a ``.sppdet`` file (``sppdet.workdir.export.read_model``).
+
+    Per image: selective search with ``propose``; conv maps (spp) or warped crops (rcnn) from
+    ``backbone``, at ``info.config``'s scales, target and precision; pyramid pooling at ``levels``
+    with ``info``'s stride and offset (D = ``dim``); then ``detector``'s models."""
+
+    method: str  # "spp" or "rcnn" (sppdet.workdir.methods)
+    propose: ProposeConfig  # the selective search the models were trained on
+    info: FeaturesInfo | RcnnInfo  # the features' config (backbone, width, scales, ...) and geometry
+    backbone: Backbone  # the trunk that computed the training features, weights loaded
+    levels: tuple[int, ...]  # pyramid levels of the pooled windows
+    detector: Detector  # fc head, SVMs, box regressors (None if never trained) with default DetectConfig
+    features_hash: str  # identity of the training features (work directory: the features folder's hash)
+    defaults: DetectConfig  # test settings ``sppdet detect`` uses unless told otherwise (views, threshold)
+
+    @property
+    def dim(self) -> int:
+        """D, the length of one pooled window."""
+        return pooled_dim(self.info.channels, self.levels)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names; label k (1..K) is ``classes[k - 1]``."""
+        return self.detector.classes
+
+    def detector_for(self, config: DetectConfig) -> Detector:
+        """The detector with test settings ``config`` (without box regression when
+        ``config.bbox_reg`` is False)."""
+        return dataclasses.replace(self.detector, config=config,
+                                   regressors=self.detector.regressors if config.bbox_reg else None)
+
+
+def workdir_model(workdir: WorkDir, method: str = DEFAULT_METHOD) -> DetectionModel:
+    """The :class:`DetectionModel` the work directory's last stages with ``method`` trained: its
+    recorded propose settings, the trunk that computed its features (:func:`rebuild_trunk`, which
+    checks the weights), the models checked against those features (:func:`load_detector`), and
+    as defaults the views ``sppdet train`` chose (spp only) and ``DEFAULT_SCORE_THRESHOLD``.
+    ``WorkdirError`` naming the stages to run when it is not trained (:func:`require_trained`)."""
+    levels = tuple(require_trained(workdir, method).get("levels") or LEVELS)
+    propose = recorded_propose_config(workdir)
+    folder, info = method_features(workdir, method)
+    if method != DEFAULT_METHOD:
+        levels = tuple(info.config.levels)
+    backbone = rebuild_trunk(workdir, folder, info, stage_key(EXTRACT_RECORD, method))
+    features_hash = workdir.stage_hash(folder)
+    detector = load_detector(workdir, pooled_feature_hash(features_hash, levels, method),
+                             pooled_dim(info.channels, levels), DetectConfig(), method)
+    views = recorded_views(workdir) if method == DEFAULT_METHOD else ()
+    return DetectionModel(method, propose, info, backbone, levels, detector, features_hash,
+                          DetectConfig(score_threshold=DEFAULT_SCORE_THRESHOLD, tta=views))
