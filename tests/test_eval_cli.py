@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -110,6 +111,26 @@ def test_plots(setup):
     assert all((tmp_path / "plots" / n).read_bytes().startswith(b"\x89PNG") for n in names)
 
 
+def test_analyze_writes_the_error_analysis(setup):
+    tmp_path, root, results = setup
+    (root / "JPEGImages").mkdir()
+    for image_id in TEST:
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), np.full((100, 100, 3), 128, np.uint8))
+    result = run(tmp_path, "--data", str(root), "--detections", str(results), "--analyze", str(tmp_path / "why"))
+    assert result.exit_code == 0, result.output
+    written = {p.name for p in (tmp_path / "why").iterdir()}
+    assert {"analysis.json", "confusion_matrix.png", "confusion_matrix.csv", "false_positives.png"} <= written
+    assert any(name.startswith("worst_") for name in written)
+    assert json.loads((tmp_path / "why" / "analysis.json").read_text())
+
+
+def test_analyze_without_images_is_one_line(setup):
+    tmp_path, root, results = setup
+    result = run(tmp_path, "--data", str(root), "--detections", str(results), "--analyze", str(tmp_path / "why"))
+    assert result.exit_code == 1 and result.output.count("Error") == 1, result.output
+    assert "image for 't1' not found" in result.output and not (tmp_path / "why").exists()
+
+
 def test_data_root_recorded_in_workdir(setup):
     tmp_path, root, results = setup
     result = run(tmp_path, "--detections", str(results))
@@ -143,7 +164,7 @@ def test_without_detections_needs_a_trained_detector(setup):
 def test_bad_options_are_usage_errors(setup):
     tmp_path, root, results = setup
     assert run(tmp_path, "--data", str(root), "--detections", str(results), "--iou", "2").exit_code == 2
-    assert run(tmp_path, "--data", str(root), "--metric", "coco").exit_code == 2
+    assert run(tmp_path, "--data", str(root), "--metric", "bogus").exit_code == 2
 
 
 def test_help_and_registration():

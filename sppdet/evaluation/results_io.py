@@ -12,9 +12,27 @@ folder: its files would read as classes ``x_...``), a missing class file means n
 that class, and an unknown class, a malformed line or an unknown image id is an error naming the
 file and line.
 
-COCO-style JSON: a list of ``{"image_id": str, "category_id": k (label, 1..K) and/or "category":
-name, "bbox": [x, y, w, h] in continuous 0-based pixels, "score": float}``; errors name the
-entry's index. Integer image ids are read as their decimal text.
+COCO-style JSON: a list of ``{"image_id", "category_id": k (label, 1..K) and/or "category": name,
+"bbox": [x, y, w, h], "score": float}``; errors name the entry's index. ``bbox`` is sppdet's
+continuous box as (x1, y1, x2 - x1, y2 - y1), with no "+1": COCO's IoU and areas use w * h, and
+the continuous box (xmin - 1, ymin - 1, xmax, ymax) of a devkit box already has the devkit's
+inclusive width xmax - xmin + 1 (``sppdet.data.voc``), so COCO's IoU of these boxes equals the
+devkit's IoU (``sppdet.evaluation.voc_ap.devkit_iou``) and a box's area is its devkit pixel count.
+Two forms of ``image_id``:
+- a string, sppdet's image id (the VOC file stem; ``detect``'s file stem): readable by sppdet only,
+  as COCO tools want integers;
+- an integer, for COCO tools (pycocotools, faster-coco-eval): image ``name`` gets
+  ``1 + sorted(names).index(name)`` over the images written (a split's images, or the images a
+  ``detect`` run saw), so the ids depend only on the set of names, never on order or file
+  system. The ground-truth-style mapping file ``<stem>.images.json`` beside the results
+  (:func:`mapping_path`) holds ``"images": [{"id", "file_name", "width", "height", "sppdet_id"}]``
+  (``sppdet_id`` the name), ``"categories": [{"id": k, "name"}]`` and, when written from a
+  dataset split, ``"annotations"``: one per box of a known class, ``{"id": 1.., "image_id",
+  "category_id", "bbox", "area": w * h, "iscrowd": 1 if difficult else 0}`` (COCO ignores
+  crowd boxes much as VOC ignores difficult ones; ``sppdet.evaluation.coco_metric`` lists the
+  differences). So ``COCO("<stem>.images.json").loadRes("<stem>.json")`` works as is.
+Reading: a string id is the image's name; an integer id is looked up in the mapping file beside
+the results when there is one, and is otherwise read as its decimal text (``7`` -> image ``"7"``).
 """
 
 from __future__ import annotations
@@ -23,10 +41,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from sppdet.data.voc import Annotation
 from sppdet.errors import DatasetError
 from sppdet.evaluation.voc_ap import Detections, EvalResult
 from sppdet.fileio import atomic_write_text, safe_file_stem
@@ -141,31 +160,151 @@ def read_devkit_results(folder: str | os.PathLike, split: str, classes: Sequence
     return Detections(tuple(image_ids), index, boxes, values[:, 0], labels)
 
 
-def write_coco_json(path: str | os.PathLike, detections: Detections, classes: Sequence[str]) -> None:
-    """Write detections as COCO-style JSON (both ``category_id`` and ``category``), atomically."""
-    entries = [
-        {"image_id": detections.images[i], "category_id": k, "category": classes[k - 1],
+class CocoImage(NamedTuple):
+    """One image of a COCO ground-truth-style file: sppdet's image id, its file name and size."""
+
+    name: str
+    file_name: str
+    width: int
+    height: int
+
+
+def mapping_path(path: str | os.PathLike) -> Path:
+    """The mapping file of the COCO results ``path``: ``dets.json`` -> ``dets.images.json``."""
+    return Path(path).with_suffix(".images.json")
+
+
+def coco_image_ids(names: Iterable[str]) -> dict[str, int]:
+    """COCO's integer id of each image name: 1 + its position in ``sorted(names)`` (1-based, as
+    COCO's own ids). ``DatasetError`` if a name appears twice."""
+    ordered = sorted(names)
+    for a, b in zip(ordered, ordered[1:]):
+        if a == b:
+            raise DatasetError(f"image id {a!r} appears twice; COCO needs one id per image")
+    return {name: i for i, name in enumerate(ordered, start=1)}
+
+
+def coco_images(annotations: Iterable[Annotation]) -> list[CocoImage]:
+    """The images of a split's annotations (``file_name`` the XML's <filename>, else ``<id>.jpg``)."""
+    return [CocoImage(a.image_id, a.filename or f"{a.image_id}.jpg", int(a.width), int(a.height))
+            for a in annotations]
+
+
+def coco_ground_truth(images: Sequence[CocoImage], classes: Sequence[str],
+                      annotations: Sequence[Annotation] | None = None) -> dict:
+    """A COCO ground-truth dict: ``images`` (with ``sppdet_id``), ``categories`` (label k, 1..K)
+    and, given the split's ``annotations``, one COCO annotation per box of a class in ``classes``
+    (see the module docstring; boxes of other names are left out, as ``voc_ap.evaluate`` does)."""
+    ids = coco_image_ids(image.name for image in images)
+    data = {"images": [{"id": ids[image.name], "file_name": image.file_name, "width": int(image.width),
+                        "height": int(image.height), "sppdet_id": image.name}
+                       for image in sorted(images, key=lambda image: ids[image.name])],
+            "categories": [{"id": k, "name": name} for k, name in enumerate(classes, start=1)]}
+    if annotations is not None:
+        rows = []
+        for a in sorted(annotations, key=lambda a: ids[a.image_id]):
+            labels = a.labels(classes)
+            boxes = np.asarray(a.boxes, np.float64).reshape(-1, 4)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            for label, (x, y), (w, h), crowd in zip(labels.tolist(), boxes[:, :2].tolist(), wh.tolist(),
+                                                    np.asarray(a.difficult, bool).tolist()):
+                if label > 0:
+                    rows.append({"id": len(rows) + 1, "image_id": ids[a.image_id], "category_id": label,
+                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(crowd)})
+        data["annotations"] = rows
+    return data
+
+
+def coco_results(detections: Detections, classes: Sequence[str],
+                 image_ids: Mapping[str, int] | None = None) -> list[dict]:
+    """COCO results dicts of ``detections`` in row order: ``image_id`` the name (``image_ids``
+    None) or ``image_ids[name]``; ``DatasetError`` for a detection on an image missing from it."""
+    if image_ids is None:
+        images = list(detections.images)
+    else:
+        used = np.flatnonzero(np.bincount(detections.image_index, minlength=len(detections.images)))
+        for name in (detections.images[i] for i in used.tolist()):
+            if name not in image_ids:
+                raise DatasetError(f"detections for image {name!r}, which is not among the "
+                                   f"{len(image_ids)} images of the evaluated split or mapping")
+        images = [image_ids.get(name, 0) for name in detections.images]
+    return [
+        {"image_id": images[i], "category_id": k, "category": classes[k - 1],
          "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
         for i, k, s, (x1, y1, x2, y2) in zip(detections.image_index.tolist(),
                                             detections.labels.tolist(), detections.scores.tolist(),
                                             detections.boxes.tolist())
     ]
+
+
+def write_coco_json(path: str | os.PathLike, detections: Detections, classes: Sequence[str],
+                    images: Sequence[CocoImage | tuple] | None = None,
+                    ground_truth: Sequence[Annotation] | None = None) -> Path | None:
+    """Write detections as COCO-style JSON (both ``category_id`` and ``category``), atomically.
+
+    Without ``images`` and ``ground_truth``: string image ids (sppdet's names); returns None.
+    With either: integer ids and the mapping file :func:`mapping_path` (written first), whose
+    images are ``images`` (``CocoImage`` or (name, file_name, width, height) tuples) or those of
+    ``ground_truth`` (a split's annotations, which also fill its ``annotations``); returns the
+    mapping file's path. Boxes: see the module docstring.
+    """
+    if images is None and ground_truth is None:
+        atomic_write_text(path, json.dumps(coco_results(detections, classes), allow_nan=False) + "\n")
+        return None
+    ground_truth = None if ground_truth is None else list(ground_truth)
+    images = [CocoImage(*image) for image in images] if images is not None else coco_images(ground_truth)
+    entries = coco_results(detections, classes, coco_image_ids(image.name for image in images))
+    mapping = mapping_path(path)
+    atomic_write_text(mapping, json.dumps(coco_ground_truth(images, classes, ground_truth),
+                                          allow_nan=False) + "\n")
     atomic_write_text(path, json.dumps(entries, allow_nan=False) + "\n")
+    return mapping
 
 
-def _coco_entry(entry, where: str, split: str, lookup: dict[str, int], classes: Sequence[str]):
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_coco_mapping(path: str | os.PathLike) -> dict[int, str]:
+    """``{COCO image id: sppdet image id}`` from a mapping file (``images[].id``/``sppdet_id``);
+    ``DatasetError`` naming the file if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read the COCO image mapping ({exc})") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DatasetError(f"{path}: expected a COCO ground-truth-style object with an \"images\" list")
+    mapping: dict[int, str] = {}
+    for i, image in enumerate(images):
+        coco_id = image.get("id") if isinstance(image, dict) else None
+        name = image.get("sppdet_id") if isinstance(image, dict) else None
+        if not _is_int(coco_id) or not isinstance(name, str) or coco_id in mapping:
+            raise DatasetError(f"{path}: images[{i}] needs a unique integer id and a string sppdet_id; "
+                               "write the file again with sppdet")
+        mapping[coco_id] = name
+    return mapping
+
+
+def _coco_entry(entry, where: str, split: str, lookup: dict[str, int], classes: Sequence[str],
+                names: Mapping[int, str] | None, mapping: Path):
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object with image_id, category_id, bbox, score")
     image_id = entry.get("image_id")
-    if isinstance(image_id, int) and not isinstance(image_id, bool):
-        image_id = str(image_id)
+    if _is_int(image_id):
+        if names is None:
+            image_id = str(image_id)
+        elif image_id in names:
+            image_id = names[image_id]
+        else:
+            raise DatasetError(f"{where}: image_id {image_id} is not an id of {mapping}")
     if not isinstance(image_id, str):
-        raise DatasetError(f"{where}: image_id {image_id!r} is not a string")
+        raise DatasetError(f"{where}: image_id {image_id!r} is not a string or an integer")
     if image_id not in lookup:
         raise _unknown_image(where, image_id, split)
     label = entry.get("category_id")
-    if label is not None and (not isinstance(label, int) or isinstance(label, bool)
-                              or not 1 <= label <= len(classes)):
+    if label is not None and (not _is_int(label) or not 1 <= label <= len(classes)):
         raise DatasetError(f"{where}: category_id {label!r} is not a label in 1..{len(classes)}")
     name = entry.get("category")
     if name is not None:
@@ -190,16 +329,25 @@ def _coco_entry(entry, where: str, split: str, lookup: dict[str, int], classes: 
 def read_coco_json(path: str | os.PathLike, split: str, classes: Sequence[str],
                    image_ids: Sequence[str]) -> Detections:
     """Detections from a COCO-style JSON list (rows in list order); ``image_ids`` are the
-    split's images. ``DatasetError`` naming the entry for anything it cannot score."""
+    split's images. Integer image ids go through the mapping file beside ``path`` when it
+    exists (module docstring). ``DatasetError`` naming the entry for anything it cannot score."""
     path = Path(path)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read COCO-style JSON ({exc})") from None
+    if isinstance(entries, dict) and "images" in entries:
+        raise DatasetError(f"{path}: this is COCO ground truth (an image mapping), not detections; "
+                           "pass the results file beside it")
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: expected a JSON list of detections")
+    mapping = mapping_path(path)
+    names = None
+    if mapping.is_file() and any(isinstance(e, dict) and _is_int(e.get("image_id")) for e in entries):
+        names = read_coco_mapping(mapping)
     lookup = _image_lookup(image_ids)
-    rows = [_coco_entry(e, f"{path}: entry {i}", split, lookup, classes) for i, e in enumerate(entries)]
+    rows = [_coco_entry(e, f"{path}: entry {i}", split, lookup, classes, names, mapping)
+            for i, e in enumerate(entries)]
     return Detections(tuple(image_ids), [r[0] for r in rows], [r[3] for r in rows],
                       [r[2] for r in rows], [r[1] for r in rows])
 
@@ -217,5 +365,6 @@ def read_detections(path: str | os.PathLike, split: str, classes: Sequence[str],
 
 
 def write_summary_json(path: str | os.PathLike, result: EvalResult, split: str) -> None:
-    """Write ``result.to_json(split)`` (NaN as null, classes in class order) atomically."""
+    """Write ``result.to_json(split)`` (NaN as null, classes in class order) atomically; ``result``
+    is an ``EvalResult`` or anything with that method (``coco_metric.CocoResult``)."""
     atomic_write_text(path, json.dumps(result.to_json(split), indent=2, allow_nan=False) + "\n")
