@@ -20,6 +20,7 @@ from sppdet.config import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
 COMMANDS = {
     'bench': ('cli.bench', 'bench',
              "Measure sppdet against the paper's claims on this machine."),
+    'data': ('cli.data', 'data', 'Import, check and show datasets in Pascal VOC layout.'),
     'detect': ('cli.detect', 'detect',
               "Detect objects in new images with the work directory's trained detector."),
     'eval': ('cli.eval', 'eval_command',
