@@ -94,6 +94,8 @@ def test_settings_sources_and_config_file(tmp_path):
     turned = resolve_train_settings(data, train, splits, augment=("rot90",))
     assert turned.candidates["tta"] == [(), ("rot180",)] and turned.candidates["augment_positives"][1] == ("rot90",)
     assert settings.candidates["augment_positives"] == [(), ("flip",)]
+    both = resolve_train_settings(data, train, splits, augment=("flip", "rot90", "channels"))
+    assert both.candidates["augment_positives"] == [(), ("flip", "rot90")]  # every geometric copy declared
 
     toml = tmp_path / "train.toml"
     toml.write_text('augment = ["flip", "rot90"]\n[pretrain]\nepochs = 2\n[train-svm]\nC = [0.5]\n'
