@@ -113,6 +113,34 @@ def shard_option(func):
     )(func)
 
 
+def executor_option(func):
+    """``--executor local|ray`` and ``--ray-address ADDRESS`` (``sppdet.executors``)."""
+    from sppdet.executors import DEFAULT_EXECUTOR, EXECUTORS
+
+    func = click.option(
+        "--ray-address", default=None, metavar="auto|HOST:PORT",
+        help="With --executor ray: the Ray cluster to run on (auto: the running one, an error if none). "
+             "Default: $RAY_ADDRESS or a cluster `ray start` began on this machine, else a local Ray "
+             "started for this run.",
+    )(func)
+    return click.option(
+        "--executor", type=click.Choice(EXECUTORS), default=DEFAULT_EXECUTOR, show_default=True,
+        help="Where images are computed: local (this machine) or ray (batches of images as Ray tasks "
+             "on a cluster; same cache files; pip install 'sppdet[ray]').",
+    )(func)
+
+
+def check_executor_options(executor: str, ray_address: str | None) -> None:
+    """``--ray-address`` only with ``--executor ray``; with it, Ray must be installed (one line)."""
+    from sppdet.executors import require_ray
+
+    if ray_address is not None and executor != "ray":
+        raise click.UsageError("--ray-address applies to --executor ray")
+    if executor == "ray":
+        with library_errors():
+            require_ray()
+
+
 def split_option(default: str):
     """``--split NAME`` with a per-command default."""
     return click.option("--split", default=default, show_default=True,

@@ -15,8 +15,8 @@ from click.core import ParameterSource
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import (device_option, library_errors, method_option, progress_bar, quiet_option,
-                        stderr_console, stdout_console, tta_option, workdir_option)
+from cli.common import (check_executor_options, device_option, executor_option, library_errors, method_option,
+                        progress_bar, quiet_option, stderr_console, stdout_console, tta_option, workdir_option)
 from sppdet.config import DEFAULT_SCORE_THRESHOLD, DetectConfig
 from sppdet.workdir.methods import DEFAULT_METHOD
 from sppdet.workdir.records import recorded_views
@@ -69,10 +69,11 @@ def _table(result: ImageResult, classes: tuple[str, ...]) -> Table:
             "image and these views of it (one more conv pass per view and new image).")
 @method_option
 @device_option
+@executor_option
 @quiet_option
 @click.pass_context
 def detect(ctx, inputs, workdir, model_file, out_dir, score_threshold, nms, top_k, json_path, save_txt, save_xml,
-           csv_path, keep_classes, tta, method, device, quiet):
+           csv_path, keep_classes, tta, method, device, executor, ray_address, quiet):
     """Detect objects in new images with the work directory's trained detector.
 
     IMAGE|DIR|GLOB|@LIST: image files, folders (their images), quoted patterns such as
@@ -81,11 +82,13 @@ def detect(ctx, inputs, workdir, model_file, out_dir, score_threshold, nms, top_
     again on the same images is fast. Writes an annotated copy of each image into OUT and every
     detection to a COCO-style JSON (image_id = file stem, bbox = [x, y, w, h] in 0-based pixels).
     An unreadable image is reported and skipped (exit code 1). --model runs a file written by
-    sppdet export instead, with no work directory.
+    sppdet export instead, with no work directory. --executor ray detects batches of images as
+    tasks on a Ray cluster (for large folders).
 
     Example: sppdet detect photos/*.jpg --out detections/ --score-threshold 0.5
     """
     from sppdet.stages.detect import ImageDetector, detect_files, expand_inputs
+    check_executor_options(executor, ray_address)
     given = {name for name in ("workdir", "score_threshold", "nms", "top_k", "method")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     if model_file and "workdir" in given:
@@ -113,7 +116,8 @@ def detect(ctx, inputs, workdir, model_file, out_dir, score_threshold, nms, top_
             run = detect_files(detector, paths, out, json_file, advance,
                                keep_classes=[c.strip() for c in keep_classes.split(",") if c.strip()]
                                if keep_classes else None,
-                               save_txt=save_txt, save_xml=save_xml, csv_path=csv_path)
+                               save_txt=save_txt, save_xml=save_xml, csv_path=csv_path,
+                               executor=executor, ray_address=ray_address)
     for result in run.results:
         stdout_console.print(f"{result.path}: {len(result.scores)} detections", markup=False,
                              highlight=False, soft_wrap=True)

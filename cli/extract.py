@@ -8,9 +8,9 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from sppdet.config import AUTO_PRECISION, BACKBONES, PRECISIONS, RcnnConfig
-from cli.common import (data_option, device_option, library_errors, method_option, plain, progress_bar,
-                        quiet_option, shard_option, split_option, stderr_console, stdout_console, tta_option,
-                        workdir_option)
+from cli.common import (check_executor_options, data_option, device_option, executor_option, library_errors,
+                        method_option, plain, progress_bar, quiet_option, shard_option, split_option, stderr_console,
+                        stdout_console, tta_option, workdir_option)
 
 SPP_ONLY = ("scales", "target", "tta", "precision")
 RCNN_ONLY = ("crop_size", "context", "batch")
@@ -64,11 +64,12 @@ def _parse_scales(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @device_option
 @workdir_option
 @data_option
+@executor_option
 @shard_option
 @quiet_option
 @click.pass_context
 def extract(ctx, split, backbone, width, weights, scales, target, precision, tta, seed, method, crop_size, context,
-            batch, device, workdir, data_root, shard, quiet):
+            batch, device, workdir, data_root, executor, ray_address, shard, quiet):
     """Compute conv5 features of every image of a split, once per scale, and cache them.
 
     One float16 file per image (every scale) in WORKDIR/features-<hash>; the hash covers the
@@ -79,6 +80,8 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
     and proposal is instead warped with context to a crop, run through the same trunk and
     pyramid-pooled; the pooled vectors go to WORKDIR/rcnn-features-<hash>.
 
+    --executor ray computes batches of images as tasks on a Ray cluster instead (same files).
+
     Example: sppdet extract --split trainval --backbone zf5 --width 0.25 --scales 480,688
     """
     from sppdet.stages.extract import prepare_extract, run_extract
@@ -87,9 +90,10 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
     if given:
         option = "--" + given[0].replace("_", "-")
         raise click.UsageError(f"{option} does not apply to --method {method}")
+    check_executor_options(executor, ray_address)
     if method == "rcnn":
         _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device,
-                      workdir, data_root, shard, quiet)
+                      workdir, data_root, shard, quiet, executor, ray_address)
         return
     with library_errors():
         job = prepare_extract(workdir, split=split, backbone=backbone, width=width, weights=weights,
@@ -98,7 +102,7 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
         for line in job.settings.warnings:
             stderr_console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
         with progress_bar(len(job.image_ids), f"extract {split}", quiet=quiet) as advance:
-            summary = run_extract(job, progress=advance)
+            summary = run_extract(job, progress=advance, executor=executor, ray_address=ray_address)
     rate = f"{summary.computed / summary.seconds:.2f} images/s" if summary.computed else None
     config, sources = job.config, job.settings.sources
     _report(f"sppdet extract: {split}", summary, f"{config.backbone} (width {config.width:g})",
@@ -108,14 +112,14 @@ def extract(ctx, split, backbone, width, weights, scales, target, precision, tta
 
 
 def _extract_rcnn(split, backbone, width, weights, seed, crop_size, context, batch, device, workdir,
-                  data_root, shard, quiet):
+                  data_root, shard, quiet, executor, ray_address):
     from sppdet.stages.extract_rcnn import prepare_rcnn_extract, run_rcnn_extract
     with library_errors():
         job = prepare_rcnn_extract(workdir, split=split, backbone=backbone, width=width,
                                    weights=weights, crop_size=crop_size, context=context, seed=seed,
                                    batch=batch, device=device, data_root=data_root, shard=shard)
         with progress_bar(len(job.image_ids), f"extract {split} (rcnn)", quiet=quiet) as advance:
-            summary = run_rcnn_extract(job, progress=advance)
+            summary = run_rcnn_extract(job, progress=advance, executor=executor, ray_address=ray_address)
     rate = f"{summary.windows / summary.seconds:.1f} windows/s" if summary.computed else None
     _report(f"sppdet extract --method rcnn: {split}", summary,
             f"{job.config.backbone} (width {job.config.width:g})",

@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from sppdet.config import PROPOSAL_MODES
-from cli.common import (data_option, library_errors, plain, progress_bar, quiet_option, shard_option,
-                        split_option, stdout_console, workdir_option)
+from cli.common import (check_executor_options, data_option, executor_option, library_errors, plain, progress_bar,
+                        quiet_option, shard_option, split_option, stdout_console, workdir_option)
 from sppdet.config import ProposeConfig
 
 DEFAULTS = ProposeConfig()
@@ -26,10 +26,12 @@ DEFAULTS = ProposeConfig()
 @click.option("--max-side", type=click.IntRange(min=16), default=DEFAULTS.max_side,
               show_default=True, help="Search larger images shrunk to this longer side.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes searching images in parallel [default: all cores].")
+              help="Processes searching images in parallel [default: all cores]; --executor local only.")
+@executor_option
 @shard_option
 @quiet_option
-def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, workers, shard, quiet):
+def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, workers, executor, ray_address,
+            shard, quiet):
     """Run selective search on every image of a split and cache the boxes.
 
     One float32 [N, 4] file per image in WORKDIR/proposals-<hash>, the hash covering these
@@ -37,15 +39,21 @@ def propose(data_root, split, workdir, mode, max_proposals, min_size, max_side, 
     the work directory, so later commands need none. Prints proposals per image and the
     recall of the ground-truth boxes, also written to summary-<split>.json in the folder.
 
+    --executor ray runs batches of images as tasks on a Ray cluster instead (same files).
+
     Example: sppdet propose --data data/synth --split trainval --workers 4
     """
     from sppdet.stages.propose import prepare_propose, run_propose
+    check_executor_options(executor, ray_address)
+    if workers is not None and executor != "local":
+        raise click.UsageError("--workers applies to --executor local; Ray runs one task per free CPU")
     config = ProposeConfig(mode=mode, max_proposals=max_proposals, min_size=min_size,
                            max_side=max_side)
     with library_errors():
         job = prepare_propose(workdir, config, split=split, data_root=data_root, shard=shard)
         with progress_bar(len(job.todo), f"propose {split}", quiet=quiet) as advance:
-            summary = run_propose(job, workers=workers, progress=advance)
+            summary = run_propose(job, workers=workers, progress=advance, executor=executor,
+                                  ray_address=ray_address)
     table = Table(title=f"sppdet propose: {plain(split)}", show_header=False)
     cached = len(job.image_ids) - summary.computed
     table.add_row("images", f"{summary.images} of {summary.images_in_split} in the split "

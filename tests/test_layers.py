@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sppdet"
 LAYERS = [
-    {"__init__", "config", "errors", "parallel", "fileio"},
+    {"__init__", "config", "errors", "parallel", "fileio", "executors"},
     {"structures", "ops"},
     {"data"},
     {"evaluation", "vis"},

@@ -46,11 +46,18 @@ folder, in the same format (``sppdet.vis.draw.write_image``; a file without an i
 (``sppdet.evaluation.results_io.write_coco_json``) whose image_id is the file stem, so two inputs sharing a
 stem are refused. Timing (``DetectRun.seconds``) covers the per-image loop: loading the models and
 building the trunk happen once, before it.
+
+Executors: ``detect_files(..., executor="ray")`` runs batches of images as Ray tasks
+(``sppdet.executors``): the loaded detector is shipped once per task, each task writes its images'
+cache files and per-image outputs (annotated copy, YOLO and VOC files) through the same
+per-image code as the local loop, and the driver writes the JSON and CSV once every image is
+done, the results in input order as locally.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 import time
@@ -67,6 +74,7 @@ from sppdet.workdir.trained import DetectionModel, require_trained, workdir_mode
 from sppdet.vis.draw import draw_detections, write_image
 from sppdet.errors import ConfigError, DatasetError, ModelError, SppdetError, WorkdirError
 from sppdet.evaluation.voc_ap import Detections
+from sppdet.executors import DEFAULT_EXECUTOR, check_executor, map_batches
 from sppdet.workdir.export import read_model
 from sppdet.models.features import compute_features, load_feature_file, save_feature_file
 from sppdet.workdir.methods import DEFAULT_METHOD, check_method
@@ -365,12 +373,58 @@ def _make_folder(folder: Path) -> None:
         raise SppdetError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """The per-image outputs of a :func:`detect_files` run: the folder (None: no annotated
+    copies), the labels kept (None: all) and whether YOLO / VOC files are written."""
+
+    out: Path | None
+    labels: set[int] | None
+    save_txt: bool
+    save_xml: bool
+
+
+def _detect_one(detector: ImageDetector, path: Path, outputs: _Outputs) -> ImageResult | ImageError:
+    """Detect in one image file and write its per-image outputs; an ``ImageError`` if it fails."""
+    try:
+        bgr, result = detector.detect(path)
+        result = _kept(result, outputs.labels)
+        out = outputs.out
+        if outputs.save_txt:
+            write_yolo_txt(out / "labels", path.stem, result.boxes, result.scores, result.labels, result.image_hw)
+        if outputs.save_xml:
+            write_voc_xml(out / "xml", path.stem, path.name, result.boxes, result.labels,
+                          result.image_hw, detector.classes)
+        if out is not None:
+            annotated = out / annotated_name(path)
+            write_image(annotated, draw_detections(bgr, result.boxes, result.scores,
+                                                   result.labels, detector.classes))
+            result = dataclasses.replace(result, annotated=annotated)
+        return result
+    except SppdetError as exc:
+        return ImageError(path, str(exc))
+
+
+def _detect_batch(detector: ImageDetector, outputs: _Outputs,
+                  items: list[tuple[int, Path]]) -> list[tuple[int, ImageResult | ImageError]]:
+    """A Ray task: :func:`_detect_one` of each ``(input index, path)``, with its index."""
+    return [(index, _detect_one(detector, path, outputs)) for index, path in items]
+
+
+def _item_path(item: tuple[int, Path]) -> str:
+    """The file of a ``_detect_batch`` item (what a dead task's error names)."""
+    return str(item[1])
+
+
 def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
                  out_dir: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
                  progress: Progress | None = None, *, keep_classes: Sequence[str] | None = None,
                  save_txt: bool = False, save_xml: bool = False,
-                 csv_path: str | os.PathLike | None = None) -> DetectRun:
-    """Run ``detector`` on image files (``expand_inputs`` resolves folders and patterns).
+                 csv_path: str | os.PathLike | None = None, executor: str = DEFAULT_EXECUTOR,
+                 ray_address: str | None = None) -> DetectRun:
+    """Run ``detector`` on image files (``expand_inputs`` resolves folders and patterns), here or,
+    with ``executor="ray"``, in batches as Ray tasks on the cluster at ``ray_address`` (module
+    docstring, "Executors").
 
     Writes an annotated copy of each image into ``out_dir`` and one COCO-style JSON of every
     detection to ``json_path`` (each skipped when None); with ``save_txt`` / ``save_xml`` also
@@ -378,14 +432,15 @@ def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
     ``csv_path`` one CSV (``sppdet.evaluation.detection_files``). ``keep_classes``: only these
     classes' detections are kept (all when None). An image that fails becomes an ``ImageError``
     and the others go on; clashing names (:func:`check_names`), unknown classes or an output
-    folder that cannot be created raise before any image is processed. ``progress(1)`` is called
-    after each image.
+    folder that cannot be created raise before any image is processed. ``progress(n)`` is called
+    as images are done (on Ray a batch at a time).
     """
     progress = progress or no_progress
+    check_executor(executor)
     paths = [Path(p) for p in paths]
     out = None if out_dir is None else Path(out_dir)
     check_names(paths, out)
-    labels = class_labels(keep_classes, detector.classes)
+    outputs = _Outputs(out, class_labels(keep_classes, detector.classes), save_txt, save_xml)
     if (save_txt or save_xml) and out is None:
         raise ConfigError("--save-txt and --save-xml write into the output folder; give --out")
     for folder in ([out] if out is not None else []) + ([out / "labels"] if save_txt else []) + (
@@ -393,25 +448,21 @@ def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
         _make_folder(folder)
     run = DetectRun(detector.classes, detector.cache_folder)
     start = time.perf_counter()
-    for path in paths:
-        try:
-            bgr, result = detector.detect(path)
-            result = _kept(result, labels)
-            if save_txt:
-                write_yolo_txt(out / "labels", path.stem, result.boxes, result.scores, result.labels,
-                               result.image_hw)
-            if save_xml:
-                write_voc_xml(out / "xml", path.stem, path.name, result.boxes, result.labels,
-                              result.image_hw, detector.classes)
-            if out is not None:
-                annotated = out / annotated_name(path)
-                write_image(annotated, draw_detections(bgr, result.boxes, result.scores,
-                                                       result.labels, detector.classes))
-                result = dataclasses.replace(result, annotated=annotated)
-            run.results.append(result)
-        except SppdetError as exc:
-            run.errors.append(ImageError(path, str(exc)))
-        progress(1)
+    if executor == "ray":
+        done: dict[int, ImageResult | ImageError] = {}
+        for finished in map_batches(functools.partial(_detect_batch, detector, outputs), list(enumerate(paths)),
+                                    address=ray_address, num_gpus=int(detector.device.type == "cuda"),
+                                    describe=_item_path):
+            done.update(finished)
+            progress(len(finished))
+        outcomes = [done[index] for index in range(len(paths))]
+    else:
+        outcomes = []
+        for path in paths:
+            outcomes.append(_detect_one(detector, path, outputs))
+            progress(1)
+    for outcome in outcomes:
+        (run.errors if isinstance(outcome, ImageError) else run.results).append(outcome)
     run.seconds = time.perf_counter() - start
     if json_path is not None:
         write_coco_json(json_path, run.detections(), detector.classes)

@@ -11,7 +11,10 @@ where it stopped. ``--shard i/n`` does every n-th image (shards may run at the s
 computing, a run holds the folder's (or its shard's) lock, so a second run of the same folder
 stops with one line instead of duplicating the work (``sppdet.workdir.store.stage_lock``).
 One process: torch already spreads a conv over every core, and on a GPU the
-trunk is the only work; nothing runs in Python per window.
+trunk is the only work; nothing runs in Python per window. ``executor="ray"`` instead computes the
+images to do in batches as Ray tasks, each with one torch thread and the trunk shipped once per
+task (``sppdet.executors``); the driver checks the caches, holds the lock and records the stage,
+and the tasks write the same files through the same per-image code (:class:`FeatureWriter`).
 
 ``views`` (``sppdet extract --tta hflip,...``, for ``eval`` / ``detect --tta``, ``sppdet.ops.views``)
 also caches the features of each image's mirrored or half-turned views, in the same format, under
@@ -43,6 +46,7 @@ it (their receptive fields), which is why the best target is above the crop side
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -61,6 +65,7 @@ from sppdet.data.fit import fit_scales, object_sizes
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError, WorkdirError
+from sppdet.executors import DEFAULT_EXECUTOR, check_executor, map_batches
 from sppdet.config import AUTO_PRECISION
 from sppdet.models.features import (auto_precision, check_precision, compute_features, load_feature_file,
                                      save_feature_file)
@@ -270,45 +275,79 @@ def _missing_views(job: ExtractJob, image_id: str, image_file: Path) -> list[str
             if not _is_cached(feature_path(job.folder, image_id, view), job, image_id, image_file)]
 
 
-def _compute_views(job: ExtractJob, image_id: str, image_file: Path, views: list[str | None]) -> None:
-    """Compute and save the features of ``views`` of one image, each followed by its source (the
-    image's signature, taken before reading it)."""
-    signature = image_signature(image_file)
-    bgr = load_bgr(image_file)
-    for view in views:
-        image = view_image(bgr, view) if view else bgr
-        try:
-            maps, factors = compute_features(job.backbone, image, job.config.scales, job.device,
-                                             job.config.precision)
-        except ModelError as exc:
-            raise ModelError(f"{image_file}: {exc}") from None
-        path = feature_path(job.folder, image_id, view)
-        save_feature_file(path, maps, factors, bgr.shape[:2])
-        record_source(path.parent, image_id, signature)
+@dataclass(frozen=True)
+class FeatureWriter:
+    """What computing and caching one image's features needs, picklable (a Ray task gets one):
+    the trunk, the scales and precision (``config``), the device and the features folder."""
+
+    backbone: Backbone
+    config: ExtractConfig
+    device: torch.device
+    folder: Path
+
+    def write(self, image_id: str, image_file: str | os.PathLike, views: list[str | None]) -> None:
+        """Compute and save the features of ``views`` (None: the image itself) of one image, each
+        followed by its source (the image's signature, taken before reading it)."""
+        signature = image_signature(image_file)
+        bgr = load_bgr(image_file)
+        for view in views:
+            image = view_image(bgr, view) if view else bgr
+            try:
+                maps, factors = compute_features(self.backbone, image, self.config.scales, self.device,
+                                                 self.config.precision)
+            except ModelError as exc:
+                raise ModelError(f"{image_file}: {exc}") from None
+            path = feature_path(self.folder, image_id, view)
+            save_feature_file(path, maps, factors, bgr.shape[:2])
+            record_source(path.parent, image_id, signature)
 
 
-def run_extract(job: ExtractJob, progress: Progress | None = None) -> ExtractSummary:
+def _write_batch(writer: FeatureWriter, todo: list[tuple[str, str, list[str | None]]]) -> list[str]:
+    """A Ray task: :meth:`FeatureWriter.write` of each ``(image id, image file, views)``; the ids."""
+    for image_id, image_file, views in todo:
+        writer.write(image_id, image_file, views)
+    return [image_id for image_id, _, _ in todo]
+
+
+def _todo_image(item: tuple[str, str, list[str | None]]) -> str:
+    """The image file of a ``_write_batch`` item (what a dead task's error names)."""
+    return item[1]
+
+
+def run_extract(job: ExtractJob, progress: Progress | None = None, executor: str = DEFAULT_EXECUTOR,
+                ray_address: str | None = None) -> ExtractSummary:
     """Compute and cache the features of every image of ``job`` not cached yet (or computed from
-    an image that has changed since).
+    an image that has changed since), here or, with ``executor="ray"``, as Ray tasks
+    (``sppdet.executors.map_batches`` on the cluster at ``ray_address``).
 
-    ``progress(1)`` is called after each image (cached ones included). The folder's lock
-    (``stage_lock``) is taken at the first image to compute, and the image is checked again
-    under it (``WorkdirError`` if another process computes the same folder or shard). Records
-    the stage in ``config.json`` when done.
+    ``progress(n)`` is called as images are done (cached ones included; on Ray a batch at a
+    time). The folder's lock (``stage_lock``) is taken at the first image to compute, and the
+    image is checked again under it (``WorkdirError`` if another process computes the same
+    folder or shard). Records the stage in ``config.json`` when done.
     """
     progress = progress or no_progress
+    check_executor(executor)
     start = time.perf_counter()
     computed = 0
+    writer = FeatureWriter(job.backbone, job.config, job.device, job.folder)
+    todo = []
     with lazy_stage_lock(job.folder, job.shard, shardable=True) as take_lock:
         for image_id in job.image_ids:
             image_file = job.dataset.image_path(image_id)
             missing = _missing_views(job, image_id, image_file)
             if missing and take_lock():
                 missing = _missing_views(job, image_id, image_file)  # another run may have done it
+            if missing and executor == "ray":
+                todo.append((image_id, str(image_file), missing))
+                continue
             if missing:
-                _compute_views(job, image_id, image_file, missing)
+                writer.write(image_id, image_file, missing)
                 computed += 1
             progress(1)
+        for done in map_batches(functools.partial(_write_batch, writer), todo, address=ray_address,
+                                num_gpus=int(job.device.type == "cuda"), describe=_todo_image):
+            computed += len(done)
+            progress(len(done))
     info = features_info(job.folder)
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": info.stride, "offset": info.offset,

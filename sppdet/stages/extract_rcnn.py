@@ -21,8 +21,11 @@ image has not changed since: a changed image, annotation or proposals recomputes
 Re-running skips done images; ``--shard i/n`` does every n-th image. While computing, a run holds
 the folder's (or its shard's) lock (``sppdet.workdir.store.stage_lock``): a second run of the same
 folder stops with one line instead of duplicating the work.
-One process: the trunk already uses every core. Records ``config.json["stages"]["extract:rcnn"]``
-(``sppdet.workdir.methods``) so later stages find the folder via :func:`rcnn_features_dir`.
+One process: the trunk already uses every core; ``executor="ray"`` instead warps the images to
+do in batches as Ray tasks (``sppdet.executors``), the driver checking the caches and recording,
+the tasks writing the same files through the same per-image code (:class:`RcnnWriter`).
+Records ``config.json["stages"]["extract:rcnn"]`` (``sppdet.workdir.methods``) so later stages
+find the folder via :func:`rcnn_features_dir`.
 
 Default weights: as ``sppdet extract`` (``sppdet.workdir.records.resolve_weights``): the trunk of
 ``sppdet pretrain`` when backbone and width match, else random.
@@ -30,6 +33,7 @@ Default weights: as ``sppdet extract`` (``sppdet.workdir.records.resolve_weights
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from sppdet.config import RcnnConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError, ModelError
+from sppdet.executors import DEFAULT_EXECUTOR, check_executor, map_batches
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.caches import ExtractSummary, load_proposals, proposals_dir
 from sppdet.models.crops import check_crop, compute_rcnn_features
@@ -142,15 +147,59 @@ def _is_done(job: RcnnJob, image_id: str, image_file, boxes: np.ndarray, dim: in
             and source_is_current(job.folder, image_id, image_file))
 
 
-def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSummary:
+@dataclass(frozen=True)
+class RcnnWriter:
+    """What warping, running and caching one image's windows needs, picklable (a Ray task gets
+    one): the trunk, the crop settings (``config``), crops per forward pass, device and folder."""
+
+    backbone: Backbone
+    config: RcnnConfig
+    batch: int
+    device: torch.device
+    folder: Path
+
+    def write(self, image_id: str, image_file: str | os.PathLike, boxes: np.ndarray) -> None:
+        """Compute and save the pooled vectors of ``boxes`` (float32 [N, 4]) of one image, then the
+        boxes, then its source (the image's signature, taken before reading it)."""
+        signature = image_signature(image_file)
+        try:
+            pooled = compute_rcnn_features(self.backbone, load_bgr(image_file), boxes, self.config,
+                                           self.batch, self.device)
+        except ModelError as exc:
+            raise ModelError(f"{image_file}: {exc}") from None
+        boxes_path, pooled_path = rcnn_cache_paths(self.folder, image_id)
+        atomic_save_npy(pooled_path, pooled)
+        atomic_save_npy(boxes_path, boxes)
+        record_source(self.folder, image_id, signature)
+
+
+def _write_batch(writer: RcnnWriter, todo: list[tuple[str, str, np.ndarray]]) -> list[int]:
+    """A Ray task: :meth:`RcnnWriter.write` of each ``(image id, image file, boxes)``; the window counts."""
+    for image_id, image_file, boxes in todo:
+        writer.write(image_id, image_file, boxes)
+    return [len(boxes) for _, _, boxes in todo]
+
+
+def _todo_image(item: tuple[str, str, np.ndarray]) -> str:
+    """The image file of a ``_write_batch`` item (what a dead task's error names)."""
+    return item[1]
+
+
+def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None, executor: str = DEFAULT_EXECUTOR,
+                     ray_address: str | None = None) -> RcnnSummary:
     """Warp, run and pool the ground-truth boxes and proposals of every image of ``job`` not
-    cached yet (or whose image or windows changed). ``progress(1)`` after each image (cached ones
-    included); the folder's lock is taken at the first image to compute (``WorkdirError`` if
-    another process computes the same folder or shard); records the stage."""
+    cached yet (or whose image or windows changed), here or, with ``executor="ray"``, as Ray
+    tasks (``sppdet.executors.map_batches`` on the cluster at ``ray_address``). ``progress(n)``
+    as images are done (cached ones included; on Ray a batch at a time); the folder's lock is
+    taken at the first image to compute (``WorkdirError`` if another process computes the same
+    folder or shard); records the stage."""
     progress = progress or no_progress
+    check_executor(executor)
     start = time.perf_counter()
     computed = windows = 0
     dim = pooled_dim(job.backbone.channels, job.config.levels)
+    writer = RcnnWriter(job.backbone, job.config, job.batch, job.device, job.folder)
+    todo = []
     with lazy_stage_lock(job.folder, job.shard, shardable=True) as take_lock:
         for image_id in job.image_ids:
             image_file = job.dataset.image_path(image_id)
@@ -158,20 +207,19 @@ def run_rcnn_extract(job: RcnnJob, progress: Progress | None = None) -> RcnnSumm
             done = _is_done(job, image_id, image_file, boxes, dim)
             if not done and take_lock():
                 done = _is_done(job, image_id, image_file, boxes, dim)  # another run may have done it
+            if not done and executor == "ray":
+                todo.append((image_id, str(image_file), boxes))
+                continue
             if not done:
-                signature = image_signature(image_file)
-                try:
-                    pooled = compute_rcnn_features(job.backbone, load_bgr(image_file), boxes, job.config,
-                                                   job.batch, job.device)
-                except ModelError as exc:
-                    raise ModelError(f"{image_file}: {exc}") from None
-                boxes_path, pooled_path = rcnn_cache_paths(job.folder, image_id)
-                atomic_save_npy(pooled_path, pooled)
-                atomic_save_npy(boxes_path, boxes)
-                record_source(job.folder, image_id, signature)
+                writer.write(image_id, image_file, boxes)
                 computed += 1
                 windows += len(boxes)
             progress(1)
+        for counts in map_batches(functools.partial(_write_batch, writer), todo, address=ray_address,
+                                  num_gpus=int(job.device.type == "cuda"), describe=_todo_image):
+            computed += len(counts)
+            windows += sum(counts)
+            progress(len(counts))
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "stride": job.backbone.stride, "offset": job.backbone.offset,
                                      "channels": job.backbone.channels,

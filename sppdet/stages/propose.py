@@ -16,7 +16,8 @@ shards ``i/n`` lock only their own part and run side by side.
 Images run in parallel over ``workers`` processes (``sppdet.parallel.map_unordered``, OpenCV
 limited to one thread in each), since OpenCV's selective search is single-threaded. A worker
 that dies (e.g. killed by the out-of-memory killer) is one line naming its image, never a hang;
-the images finished so far are kept.
+the images finished so far are kept. ``executor="ray"`` runs the same per-image function in
+batches as Ray tasks instead (``sppdet.executors``): the same files, byte for byte.
 
 Records: ``--data`` (when given) becomes the work directory's dataset root (one work directory
 holds one dataset: another root than the recorded one is a ``WorkdirError``), and
@@ -27,15 +28,19 @@ config and the dataset root; later stages find the proposals through :func:`prop
 Summary (``summary-<split>.json`` in the folder): over every image of the split that has valid
 proposals (after sharded runs, whatever the shards have done so far): proposals per image,
 seconds per image of the images computed in this run, and the recall of the non-difficult
-ground-truth boxes at IoU 0.5 and 0.7.
+ground-truth boxes at IoU 0.5 and 0.7. A run that computes nothing rewrites it only when it
+covers another number of images (e.g. the final unsharded run after shards that finished at
+the same time), so a fully cached re-run writes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,7 @@ from sppdet.workdir.caches import proposal_path, read_valid, record_source, sour
 from sppdet.config import ProposeConfig
 from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
+from sppdet.executors import DEFAULT_EXECUTOR, check_executor, map_batches
 from sppdet.parallel import (Progress, default_workers, map_unordered, no_progress, parse_shard,
                              select_shard)
 from sppdet.models.selective_search import check_config, proposal_recall, selective_search
@@ -129,21 +135,46 @@ def _propose_image(task: tuple[str, str, str, ProposeConfig]) -> tuple[str, floa
     return image_id, time.perf_counter() - start
 
 
+def _propose_batch(tasks: list[tuple[str, str, str, ProposeConfig]]) -> list[tuple[str, float]]:
+    """A Ray task: :func:`_propose_image` of each task in turn."""
+    return [_propose_image(task) for task in tasks]
+
+
 def _task_image(task: tuple[str, str, str, ProposeConfig]) -> str:
     """The image file of a :func:`_propose_image` task (what a dead worker's error names)."""
     return task[1]
 
 
-def run_propose(job: ProposeJob, workers: int | None = None,
-                progress: Progress | None = None) -> ProposeSummary:
-    """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
-    cores), record the stage, and write (unless nothing was computed and it exists) and return
-    the split's summary. While computing it holds the folder's lock (module docstring, "Busy";
-    ``WorkdirError`` if another process computes the same folder or shard).
+def _computed(tasks: list, workers: int, executor: str, ray_address: str | None) -> Iterator[list[tuple[str, float]]]:
+    """The ``(image id, seconds)`` of :func:`_propose_image` over ``tasks``, in groups as they finish:
+    one per image from the local pool, one per batch from Ray."""
+    if executor == "ray":
+        yield from map_batches(_propose_batch, tasks, address=ray_address, describe=_task_image)
+        return
+    for result in map_unordered(_propose_image, tasks, workers, describe=_task_image):
+        yield [result]
 
-    ``progress(1)`` is called after each computed image.
+
+def _summary_is_current(summary_file: Path, summary: ProposeSummary) -> bool:
+    """Whether ``summary_file`` exists and covers as many images as ``summary``."""
+    try:
+        return json.loads(summary_file.read_text(encoding="utf-8")).get("images") == summary.images
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_propose(job: ProposeJob, workers: int | None = None, progress: Progress | None = None,
+                executor: str = DEFAULT_EXECUTOR, ray_address: str | None = None) -> ProposeSummary:
+    """Compute and cache the proposals of ``job.todo`` over ``workers`` processes (default: all
+    cores), or as Ray tasks with ``executor="ray"`` (``sppdet.executors.map_batches``; ``workers``
+    unused), record the stage, and write (unless nothing was computed and it is current) and
+    return the split's summary. While computing it holds the folder's lock (module docstring,
+    "Busy"; ``WorkdirError`` if another process computes the same folder or shard).
+
+    ``progress(n)`` is called as images finish: one at a time locally, a batch at a time on Ray.
     """
     progress = progress or no_progress
+    check_executor(executor)
     start = time.perf_counter()
     seconds = []
     if job.todo:
@@ -151,15 +182,14 @@ def run_propose(job: ProposeJob, workers: int | None = None,
             job.todo = [i for i in job.todo if not is_cached(job.folder, job.dataset, i)]  # done meanwhile
             tasks = [(i, str(job.dataset.image_path(i)), str(proposal_path(job.folder, i)), job.config)
                      for i in job.todo]
-            for _, took in map_unordered(_propose_image, tasks, workers or default_workers(),
-                                         describe=_task_image):
-                seconds.append(took)
-                progress(1)
+            for finished in _computed(tasks, workers or default_workers(), executor, ray_address):
+                seconds.extend(took for _, took in finished)
+                progress(len(finished))
     job.workdir.record_stage(STAGE, {"folder": job.folder.name, "config": job.config,
                                      "data_root": str(job.dataset.root)})
     summary = summarise(job, seconds, time.perf_counter() - start)
     summary_file = job.folder / f"summary-{job.dataset.split}.json"
-    if seconds or not summary_file.is_file():  # a fully cached re-run writes nothing
+    if seconds or not _summary_is_current(summary_file, summary):  # a fully cached re-run writes nothing
         atomic_write_json(summary_file, dataclasses.asdict(summary))
     return summary
 
