@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -192,47 +191,3 @@ def _death_message(names: list[str]) -> str:
     on = f"while on {' or '.join(names)}" if names else "before it started on an image"
     return (f"a worker process died (killed, out of memory?) {on}; "
             "re-run to continue: finished images are kept")
-
-
-def prefetch(items: Iterable[T], ahead: int = 1) -> Iterator[T]:
-    """``items`` in order, computed by a background thread up to ``ahead`` items before they are
-    asked for, so preparing the next item (decoding, cropping) overlaps with using this one.
-
-    The items are exactly those of iterating ``items`` here; only where the work runs changes, so
-    a seeded producer gives the same items. An exception in the producer is raised here, at the
-    item where it happened; leaving the loop early stops the producer after its current item."""
-    slots: queue.Queue = queue.Queue(maxsize=max(1, ahead))
-    stop = threading.Event()
-    finished = object()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((None, item)):
-                    return
-            put((None, finished))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put((exc, None))
-
-    thread = threading.Thread(target=produce, name="sppdet-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            error, item = slots.get()
-            if error is not None:
-                raise error
-            if item is finished:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

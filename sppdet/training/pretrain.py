@@ -68,7 +68,7 @@ from sppdet.data.images import load_bgr
 from sppdet.data.voc import VocDataset
 from sppdet.errors import ConfigError
 from sppdet.models.head import FcHead, TrainStats, check_finite_loss, epoch_state, restore_epoch_state
-from sppdet.parallel import Progress, no_progress, prefetch
+from sppdet.parallel import Progress, no_progress
 from sppdet.models.crops import CROP_SIZE, pool_maps, warp_crops
 from sppdet.ops.spp import LEVELS, pooled_dim
 
@@ -250,20 +250,7 @@ def crop_batches(dataset: VocDataset, proposals: ProposalSource, config: Pretrai
                  backbone: Backbone, epoch: int, size: int, device: torch.device,
                  progress: Progress = no_progress) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's (crops float32 ``[B, 3, S, S]``, labels int64 ``[B]``) batches, ``B`` =
-    ``batch_size`` except the last; images in seeded order, ``progress(1)`` after each image.
-    The next image group's crops are cut in a background thread while this group's batches are
-    used (``sppdet.parallel.prefetch``); they are the same crops either way."""
-    for crops, labels in prefetch(_crop_groups(dataset, proposals, config, backbone, epoch, size, device, progress)):
-        for start in range(0, len(labels), config.batch_size):
-            yield crops[start:start + config.batch_size], labels[start:start + config.batch_size]
-
-
-def _crop_groups(dataset: VocDataset, proposals: ProposalSource, config: PretrainConfig,
-                 backbone: Backbone, epoch: int, size: int, device: torch.device,
-                 progress: Progress) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per image group, its crops ``[n * batch_size, 3, S, S]`` and labels ``[n * batch_size]``,
-    shuffled and augmented; a group's leftover crops join the next group (the last group yields
-    all of its crops)."""
+    ``batch_size`` except the last; images in seeded order, ``progress(1)`` after each image."""
     order = np.random.default_rng([config.seed, epoch]).permutation(len(dataset.image_ids))
     context = config.context * size / CROP_SIZE
     pending_crops, pending_labels = [], []
@@ -287,8 +274,8 @@ def _crop_groups(dataset: VocDataset, proposals: ProposalSource, config: Pretrai
         crops, labels = augment_crops(crops[shuffled], config.augment, rng), labels[shuffled]
         last_group = group == len(groups) - 1
         full = len(labels) if last_group else len(labels) // config.batch_size * config.batch_size
-        if full:
-            yield crops[:full], labels[:full]
+        for start in range(0, full, config.batch_size):
+            yield crops[start:start + config.batch_size], labels[start:start + config.batch_size]
         pending_crops, pending_labels = [crops[full:]], [labels[full:]]
 
 
