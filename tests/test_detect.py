@@ -324,6 +324,14 @@ def test_detect_command_writes_images_and_json(trained, tmp_path):
         annotated = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
         assert annotated.shape == (*hw, 3), name
     entries = json.loads((out / "detections.json").read_text())
+    mapping = json.loads((out / "detections.images.json").read_text())  # COCO tools' ground-truth file
+    names = {image["id"]: image["sppdet_id"] for image in mapping["images"]}
+    assert sorted(names.values()) == ["gray", "rgba"] and all(isinstance(i, int) for i in names)
+    assert [(i["file_name"], i["width"], i["height"]) for i in sorted(mapping["images"], key=lambda i: i["id"])] == [
+        ("gray.png", 160, 120), ("rgba.png", 150, 100)]
+    assert [c["name"] for c in mapping["categories"]] == list(CLASSES)
+    for entry in entries:
+        entry["image_id"] = names[entry["image_id"]]
     assert entries and {e["image_id"] for e in entries} <= {"gray", "rgba"}
     for entry in entries:
         assert set(entry) == {"image_id", "category_id", "category", "bbox", "score"}
@@ -427,7 +435,9 @@ def test_unreadable_file_is_one_error_line(trained, tmp_path):
     assert len(error_lines) == 1 and "broken.png" in error_lines[0], result.stderr
     assert (out / "gray.png").is_file() and not (out / "broken.png").exists()
     assert "1 of 2 images" in result.stdout
-    assert {e["image_id"] for e in json.loads((out / "detections.json").read_text())} <= {"gray"}
+    images = json.loads((out / "detections.images.json").read_text())["images"]
+    assert [i["sppdet_id"] for i in images] == ["gray"]  # the broken image has no entry
+    assert {e["image_id"] for e in json.loads((out / "detections.json").read_text())} <= {images[0]["id"]}
     run = detect_files(ImageDetector(work, device="cpu"), [tmp_path / "gone.jpg", new / "rgba.png"])
     assert [r.image_id for r in run.results] == ["rgba"]
     assert len(run.errors) == 1 and "gone.jpg: cannot read image" in run.errors[0].message

@@ -43,7 +43,9 @@ JSON meant for scoring.)
 Outputs: an annotated copy of each image (``sppdet.vis.draw``) under its file name in the output
 folder, in the same format (``sppdet.vis.draw.write_image``; a file without an image suffix gets
 ``.png``), in colour even for a grayscale input. One COCO-style JSON for the run
-(``sppdet.evaluation.results_io.write_coco_json``) whose image_id is the file stem, so two inputs sharing a
+(``sppdet.evaluation.results_io.write_coco_json``) with integer image ids and, beside it,
+``<name>.images.json`` (images with file name, size and sppdet id, and categories), which COCO tools
+load as ground truth; image names are the file stems, so two inputs sharing a
 stem are refused. Timing (``DetectRun.seconds``) covers the per-image loop: loading the models and
 building the trunk happen once, before it.
 
@@ -465,7 +467,8 @@ def detect_files(detector: ImageDetector, paths: Sequence[str | os.PathLike],
         (run.errors if isinstance(outcome, ImageError) else run.results).append(outcome)
     run.seconds = time.perf_counter() - start
     if json_path is not None:
-        write_coco_json(json_path, run.detections(), detector.classes)
+        write_coco_json(json_path, run.detections(), detector.classes,
+                        images=[(r.image_id, r.path.name, r.image_hw[1], r.image_hw[0]) for r in run.results])
         run.json_path = Path(json_path)
     if csv_path is not None:
         write_detections_csv(csv_path, ((r.image_id, r.boxes, r.scores, r.labels) for r in run.results),
