@@ -5,7 +5,7 @@ its settings like any stage) and scored by the VOC07 mAP of the whole detector o
 validation split, with the box regressors trained on the training split. The search is greedy,
 one setting at a time, in this order: C (every candidate mined in one pass over the images,
 ``sppdet.stages.train_svm.train_svm_variants``), the SVM layer, fc7's weight beside pool5 (when the
-layer is "pool5+fc7"), the object copies as extra positives,
+layer is "pool5+fc7" and a config file lists weights to try), the object copies as extra positives,
 then the test-time views (which need no training). A candidate replaces the current choice
 only if its val mAP is higher by more than ``MIN_GAIN``: the first candidate of each list is
 the default, kept on a tie. The test split is never read here.

@@ -57,8 +57,10 @@ TRAIN_DEFAULTS = {
 #: Candidates tried on the validation split unless the file names others (``sppdet.pipelines.selection``).
 LAYER_CANDIDATES = ("pool5+fc7", "pool5")
 C_CANDIDATES = (0.01, 0.003, 0.03, 0.1)
-#: fc7's weight beside pool5 (layer "pool5+fc7"), relative to equal mean norms.
-FC7_SCALE_CANDIDATES = (1.0, 0.5, 2.0)
+#: fc7's weight beside pool5 (layer "pool5+fc7"), relative to equal mean norms: only equal norms
+#: by default; 0.5 and 2 were never chosen on the val splits of four datasets (docs/decisions.md),
+#: so they are tried only when a config file lists them (``[train-svm] fc7_scale = [1, 0.5, 2]``).
+FC7_SCALE_CANDIDATES = (1.0,)
 #: SvmConfig fields whose [train-svm] value may be a list: the candidates tried on val.
 CANDIDATE_FIELDS = ("layer", "C", "fc7_scale")
 STAGE_CONFIGS = {"propose": ProposeConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig,
