@@ -15,7 +15,8 @@ per image of each per-image step with the recipe's settings, and multiplies by t
 
 Not projected: finetune, train-svm and train-bbox, whose cost depends on the windows mined, not
 only on the images (on the demo they take less time than extraction); the estimate is a lower
-bound for the whole chain. Also printed: the disk the float16 feature cache takes for both splits. Time it alone (``OMP_NUM_THREADS`` as you will run sppdet).
+bound for the whole chain. Also printed: the disk the float16 feature cache takes for both
+splits. Time it alone (``OMP_NUM_THREADS`` as you will run sppdet).
 
     .venv/bin/python benchmarks/voc2007_estimate.py [--backbone vgg16] [--device auto] [--json PATH]
 """
