@@ -139,6 +139,19 @@ def test_a_killed_task_is_retried_to_the_same_files(ray_cluster, local_work, dat
     assert _stage_files(work) == _stage_files(local_work)
 
 
+def test_a_ray_run_resumes_where_a_killed_run_stopped(ray_cluster, local_work, data, tmp_path):
+    """Half the images cached (as a run killed half-way leaves them; here shard 1 of 2): the ray
+    run computes only the others, and the folders are the local run's, byte for byte."""
+    work = tmp_path / "work"
+    run_propose(prepare_propose(work, PROPOSE, "trainval", data, shard="1/2"), workers=1)
+    rest = prepare_propose(work, PROPOSE, "trainval")
+    assert len(rest.todo) == 4 and run_propose(rest, executor="ray").computed == 4
+    run_extract(prepare_extract(work, split="trainval", views=("hflip",), shard="1/2", **TINY))
+    assert run_extract(prepare_extract(work, split="trainval", views=("hflip",), **TINY), executor="ray").computed == 4
+    expected = {k: v for k, v in _stage_files(local_work).items() if not k.startswith("rcnn-features")}
+    assert _stage_files(work) == expected
+
+
 def test_the_final_unsharded_run_records_the_whole_split(data, tmp_path):
     """The array-job recipe (README): shards compute, a last unsharded run computes nothing and
     leaves a summary of the whole split, even when the last shard's summary missed the others."""
