@@ -118,7 +118,9 @@ def main() -> None:
         print(f"{row['executor']:<10} {row['propose_images_per_s']:>14.2f} {row['extract_images_per_s']:>14.2f} "
               f"{row['start_s']:>12.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"images": args.images, "rows": rows}, indent=2) + "\n")
+        settings = {"backbone": "zf5", "width": args.width, "scale": args.scale, "workers": counts,
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpus": len(os.sched_getaffinity(0))}
+        args.json.write_text(json.dumps({"images": args.images, "settings": settings, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,18 +11,23 @@ Steps, each a subprocess (JSON kept in ``WORKDIR/results/<step>.json``; commands
     ablation  benchmarks/ablation.py --workdir WORKDIR/demo               (reuses the demo's caches)
     memory    benchmarks/bench_memory.py --workdir WORKDIR/memory         (in the background, beside
                                                                            the ablation: see BESIDE)
+    voc       benchmarks/voc2007_estimate.py --backbone vgg16 --reps 1   (the VOC 2007 recipe's cost)
+    ray       benchmarks/bench_ray.py --data WORKDIR/ray/data --images 24 --width 1.0 --scale 688
+                                                                          (local against Ray; skipped, and
+                                                                           the page says so, without Ray)
     faults    benchmarks/faults.py --workdir WORKDIR/faults               (kills, full disk, ...: no timing)
 
 then renders the page with ``benchmarks/report_text.py`` (tables and the reading, computed from
 these numbers) and draws ``benchmarks/speed.png`` beside it (seconds per image, log scale, here
 and in the paper). ``--fresh`` empties WORKDIR first, so the demo's times are a first run (``make
 bench`` passes it); without it every cache is reused and the page says so. ``--from-results``
-runs nothing and re-renders the page from ``WORKDIR/results``. The size options exist to try the
-report quickly on a small run; ``make bench`` uses the defaults.
+runs nothing and re-renders the page from ``WORKDIR/results`` (steps of ``NEWER`` that an older
+run lacks lose their sections). The size options exist to try the report quickly on a small run;
+``make bench`` uses the defaults.
 
 Usage: python benchmarks/report.py [--workdir sppdet-work/bench] [--fresh] [--out BENCHMARKS.md]
            [--from-results] [--images 400] [--speed-images 5] [--memory-counts 100,200,400]
-           [--eval-images 5000] [--methods spp_1,spp_5,rcnn]
+           [--eval-images 5000] [--ray-images 24] [--methods spp_1,spp_5,rcnn]
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata
+from importlib import metadata, util
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +48,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import report_text
+from sppdet.executors import INSTALL_HINT
 from sppdet.fileio import atomic_path, atomic_write_text, read_json
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory", "faults")
+STEPS = ("demo", "datasets", "speed", "ablation", "spp", "conv", "eval", "memory", "voc", "ray", "faults")
+#: Steps that runs older than them lack: ``--from-results`` renders without their sections.
+NEWER = ("datasets", "voc", "ray", "faults")
 #: Steps run one at a time in this order: nothing else runs while a step is timed ...
-ORDER = ("demo", "datasets", "speed", "spp", "conv", "eval", "ablation", "faults")
+ORDER = ("demo", "datasets", "speed", "spp", "conv", "eval", "voc", "ray", "ablation", "faults")
 #: ... except these, which run in the background beside the step named: on two cores, with one
 #: torch thread each, neither slows the other much, and neither one's result is a timing that the
 #: page compares (the ablation reports mAP; bench_memory peak memory, its seconds are indicative).
 BESIDE = {"ablation": "memory"}
 #: What this script writes in WORKDIR; --fresh empties only a folder that holds nothing else.
-OWN = ("demo", "datasets", "memory", "faults", "results")
+OWN = ("demo", "datasets", "memory", "ray", "faults", "results")
+#: Steps that need an optional package: (module, why the step is skipped without it).
+REQUIRES = {"ray": ("ray", f"Ray is not installed in this Python ({INSTALL_HINT})")}
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "OpenCV": "opencv-contrib-python-headless",
             "numpy": "numpy", "scikit-learn": "scikit-learn"}
 
@@ -97,9 +107,28 @@ def plan(work: Path, args) -> dict[str, tuple[list[str], Path | None]]:
         "eval": ([*python, str(HERE / "bench_eval.py"), "--images", str(args.eval_images)], None),
         "memory": ([*python, str(HERE / "bench_memory.py"), "--workdir", str(work / "memory"), "--counts",
                     args.memory_counts, "--json", str(results / "memory.raw.json")], results / "memory.raw.json"),
+        "voc": ([*python, str(HERE / "voc2007_estimate.py"), "--backbone", "vgg16", "--reps", "1",
+                 "--json", str(results / "voc.raw.json")], results / "voc.raw.json"),
+        "ray": ([*python, str(HERE / "bench_ray.py"), "--data", str(work / "ray" / "data"), "--images",
+                 str(args.ray_images), "--width", "1.0", "--scale", "688", "--json", str(results / "ray.raw.json")],
+                results / "ray.raw.json"),
         "faults": ([*python, str(HERE / "faults.py"), "--workdir", str(work / "faults"),
                     "--json", str(results / "faults.raw.json")], results / "faults.raw.json"),
     }
+
+
+def command_text(argv: list[str]) -> str:
+    """``argv`` as the page shows it: "python" and "sppdet" for the interpreter and console script,
+    paths relative to the current directory."""
+    names = {sys.executable: "python", sppdet_script(): "sppdet"}
+    return " ".join(names.get(a) or shown(a) for a in argv)
+
+
+def missing_requirement(name: str) -> str | None:
+    """Why step ``name`` cannot run in this Python (an optional package of ``REQUIRES`` is not
+    installed; the steps run with this interpreter), else None."""
+    module, why = REQUIRES.get(name, (None, None))
+    return why if module is not None and util.find_spec(module) is None else None
 
 
 class Step:
@@ -107,9 +136,8 @@ class Step:
     through; in the background (``log`` given) it goes to that file, printed when it finishes."""
 
     def __init__(self, name: str, argv: list[str], json_file: Path | None, log: Path | None = None):
-        names = {sys.executable: "python", sppdet_script(): "sppdet"}
         self.name, self.json_file, self.log = name, json_file, log
-        self.command = " ".join(names.get(a) or shown(a) for a in argv)
+        self.command = command_text(argv)
         print(f"\n######## {name}{' (in the background)' if log else ''}: {self.command}", flush=True)
         self.start = time.perf_counter()
         self.sink = open(log, "w", encoding="utf-8") if log else subprocess.PIPE
@@ -140,10 +168,19 @@ class Step:
 
 def run_steps(work: Path, args) -> tuple[list[dict], dict]:
     """Every step in ``ORDER``, one at a time, except that each step of ``BESIDE`` runs in the
-    background during its partner; (steps without their JSON, {name: JSON})."""
+    background during its partner; (steps without their JSON, {name: JSON}). A step missing an
+    optional package is not run: its JSON and its entry say why."""
     commands = plan(work, args)
     steps, results = [], {}
     for name in ORDER:
+        reason = missing_requirement(name)
+        if reason is not None:
+            print(f"\n######## {name}: skipped, {reason}", flush=True)
+            results[name] = {"skipped": reason}
+            atomic_write_text(work / "results" / f"{name}.json", json.dumps(results[name], indent=2))
+            steps.append({"name": name, "command": command_text(commands[name][0]), "seconds": 0.0,
+                          "skipped": reason, "beside": None})
+            continue
         partner = BESIDE.get(name)
         background = (Step(partner, *commands[partner], log=work / "results" / f"{partner}.log")
                       if partner else None)
@@ -154,6 +191,13 @@ def run_steps(work: Path, args) -> tuple[list[dict], dict]:
             steps.append({**step, "beside": BESIDE.get(step["name"]) or next(
                 (k for k, v in BESIDE.items() if v == step["name"]), None)})
     return steps, results
+
+
+def load_results(folder: Path) -> dict:
+    """{step: its JSON} from ``folder`` (``WORKDIR/results``); a step of ``NEWER`` that an older run
+    did not have (no file) is left out, and the page leaves out its section."""
+    return {name: read_json(folder / f"{name}.json") for name in STEPS
+            if name not in NEWER or (folder / f"{name}.json").is_file()}
 
 
 def machine_info(load_start: float) -> dict:
@@ -222,6 +266,7 @@ def main() -> int:
     parser.add_argument("--speed-images", type=int, default=5, help="images timed by sppdet bench speed")
     parser.add_argument("--memory-counts", default="100,200,400", help="bench_memory training-set sizes")
     parser.add_argument("--eval-images", type=int, default=5000, help="bench_eval images")
+    parser.add_argument("--ray-images", type=int, default=24, help="bench_ray images")
     parser.add_argument("--methods", default=",".join(report_text.METHODS), help="ablation methods")
     parser.add_argument("--command", default=None, help="how the run was started, for the page "
                         "(default: this script's command line)")
@@ -231,9 +276,7 @@ def main() -> int:
     summary_path = work / "results" / "run.json"
     if args.from_results:
         run = read_json(summary_path)
-        newer = ("datasets", "faults")  # steps that runs older than them lack
-        results = {name: read_json(work / "results" / f"{name}.json") for name in STEPS
-                   if name not in newer or (work / "results" / f"{name}.json").is_file()}
+        results = load_results(work / "results")
     else:
         if args.fresh and work.exists():
             strangers = sorted(p.name for p in work.iterdir() if p.name not in OWN)

@@ -42,6 +42,11 @@ PAPER_SPEEDUP = {"speedup_conv_1": 270.0, "speedup_total_1": 102.0,
                  "speedup_conv_5": 49.0, "speedup_total_5": 38.0}
 #: Issue 6 goals on this CPU.
 GOAL_CONV_1, GOAL_TOTAL_1 = 100.0, 20.0
+#: Images of Pascal VOC 2007 per split (voc2007_estimate.py projects both).
+VOC2007_IMAGES = {"trainval": 5011, "test": 4952}
+#: Datasets and node counts of the Ray projection.
+PROJECTED_IMAGES = {"VOC 2007": sum(VOC2007_IMAGES.values()), "COCO train2017": 118287}
+PROJECTED_NODES = (1, 10, 100)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
@@ -349,14 +354,158 @@ def faults_section(faults: dict) -> list[str]:
             md_table(["case", "tried", "survived", "files lost"], rows, right=[False, True, True, True])]
 
 
+def step_command(run: dict, name: str, fallback: str) -> str:
+    """The command line step ``name`` ran with in ``run``, else ``fallback``."""
+    return next((s["command"] for s in run.get("steps", []) if s["name"] == name), fallback)
+
+
+def duration(seconds: float) -> str:
+    """A wall time in the unit that reads best: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def voc_section(voc: dict, command: str) -> list[str]:
+    """``benchmarks/voc2007_estimate.py``: seconds per image of each per-image step of the VOC 2007
+    recipe and the hours and disk they project to."""
+    seconds, hours = voc["seconds_per_image"], voc["hours"]
+    # the script writes both dicts in the same step order: propose, extract, pool + fc
+    rows = [[step, f"{s:.3f}", f"{h:.1f} h"] for (step, s), h in zip(seconds.items(), hours.values())]
+    rows.append(["**per-image steps, in all**", "", f"**{sum(hours.values()):.1f} h**"])
+    rows.append(["feature cache on disk (float16 conv5 maps, trainval + test)", "",
+                 f"{voc['feature_cache_gb']:.0f} GB"])
+    test, total = VOC2007_IMAGES["test"], sum(VOC2007_IMAGES.values())
+    return [f"## Pascal VOC 2007 with {voc['backbone']}: projected cost",
+            f"`{command}`: seconds per image of each per-image step of the README's VOC 2007 recipe "
+            f"({voc['backbone']} at full width, random weights: timing does not depend on them; scales "
+            f"{join(voc['scales'])}; {voc['precision']} on {voc['device']}, {voc['torch_threads']} torch thread(s)) "
+            f"on a VOC-sized {voc['image_hw'][1]} x {voc['image_hw'][0]} image, multiplied by VOC 2007's image "
+            f"counts: proposals and features for all {total:,} images (proposals one process per core, "
+            f"{voc['cpu_cores']} cores), pooling and the fc head over 2,000 windows for the {test:,} test images. "
+            "A lower bound for the whole chain: finetune, train-svm and train-bbox are not projected.",
+            md_table(["step", "seconds per image", "VOC 2007"], rows)]
+
+
+def ray_rates(ray: dict) -> tuple[str, dict]:
+    """The Ray row the projection uses (the most CPUs, "ray 2" by default): (its name, the row)."""
+    rays = [row for row in ray["rows"] if row["executor"].startswith("ray ")]
+    best = max(rays, key=lambda row: int(row["executor"].split()[1]))
+    return best["executor"], best
+
+
+def ratio_words(ratio: float) -> str:
+    """0.8 -> "20% slower", 1.5 -> "50% faster", 1.0 -> "as fast"."""
+    change = round(100 * (ratio - 1))
+    return "as fast" if change == 0 else f"{abs(change)}% {'faster' if change > 0 else 'slower'}"
+
+
+def ray_reading(ray: dict) -> list[str]:
+    """What the ratio of the Ray row to the local rows means: Ray's overhead (against the same
+    number of local processes) and its gain from a second process (against one)."""
+    rows = {row["executor"]: row for row in ray["rows"]}
+    name, best = ray_rates(ray)
+    n = name.split()[1]
+    one, same = rows.get("local 1"), rows.get(f"local {n}")
+    lines = []
+    if one is not None and same is not None and same is not one:
+        r_same = best["propose_images_per_s"] / same["propose_images_per_s"]
+        r_one = best["propose_images_per_s"] / one["propose_images_per_s"]
+        lines.append(f"Propose, {name} / local {n} = {r_same:.2f} ({ratio_words(r_same)}): the same {n} processes, "
+                     "so this is Ray's overhead against a local pool (task submission, results through its object "
+                     f"store, its workers' start-up within {ray['images']} images); {name} / local 1 = {r_one:.2f} "
+                     f"({ratio_words(r_one)}): what Ray gains from running {n} processes instead of one, net of "
+                     "that overhead.")
+    if one is not None:
+        r_one = best["extract_images_per_s"] / one["extract_images_per_s"]
+        lines.append(f"Extract, {name} / local 1 = {r_one:.2f} ({ratio_words(r_one)}): the local extract runs in "
+                     f"one process whatever the pool size, so this is Ray's gain from {n} processes net of its "
+                     "overhead (the trunk shipped to each task, worker start-up).")
+    single = rows.get("ray 1")
+    if one is not None and single is not None and single is not best:
+        lines.append(f"Ray 1 / local 1 (one process each) isolates the overhead: propose "
+                     f"{single['propose_images_per_s'] / one['propose_images_per_s']:.2f}, extract "
+                     f"{single['extract_images_per_s'] / one['extract_images_per_s']:.2f}.")
+    return lines
+
+
+def ray_projection(ray: dict, voc: dict | None, cores: int) -> list[str]:
+    """Wall time of proposals and features for VOC 2007 and COCO train2017 on 1, 10 and 100 nodes
+    like this one, linear in the node count, from the Ray row's per-image rates; features at the
+    recipe's settings (the voc step's vgg16 at five scales) when that step ran."""
+    name, best = ray_rates(ray)
+    rows = {row["executor"]: row for row in ray["rows"]}
+    propose = best["propose_images_per_s"]
+    settings = ray.get("settings", {})
+    measured = (f"{settings.get('backbone', 'zf5')} width {settings['width']:g} at scale {settings['scale']}"
+                if settings else "bench_ray's trunk")
+    extract_key = next((k for k in (voc or {}).get("seconds_per_image", {}) if k.startswith("extract")), None)
+    if extract_key is not None and "local 1" in rows:
+        gain = best["extract_images_per_s"] / rows["local 1"]["extract_images_per_s"]
+        one_process = voc["seconds_per_image"][extract_key]
+        extract = gain / one_process
+        extract_note = (f"features at the recipe's settings: {name}'s extract gain over local 1 ({gain:.2f}x, "
+                        f"{measured}) applied to the voc step's one-process time for {voc['backbone']} at scales "
+                        f"{join(voc['scales'])} ({one_process:.2f} s per image), {gain:.2f} / {one_process:.2f} = "
+                        f"{extract:.4f} img/s per node")
+    else:
+        extract = best["extract_images_per_s"]
+        extract_note = (f"features at {name}'s measured rate, {extract:.2f} img/s per node ({measured}, not the "
+                        "recipe's trunk and scales: the voc step did not run)")
+    table = []
+    for dataset, images in PROJECTED_IMAGES.items():
+        for nodes in PROJECTED_NODES:
+            p, e = images / (nodes * propose), images / (nodes * extract)
+            table.append([dataset, f"{images:,}", str(nodes), duration(p), duration(e), duration(p + e)])
+    last, images = list(PROJECTED_IMAGES.items())[-1]
+    nodes = PROJECTED_NODES[-1]
+    return [
+        f"Projection: wall time of `propose` and `extract` on N nodes of this machine's kind ({cores} cores each, "
+        f"running {name}'s configuration), images / (N x rate per node): proposals at {name}'s measured "
+        f"{propose:.2f} img/s per node; {extract_note}. E.g. {last} on {nodes} nodes: {images:,} / "
+        f"({nodes} x {propose:.2f}) = {images / (nodes * propose):,.0f} s of proposals, {images:,} / ({nodes} x "
+        f"{extract:.4f}) = {images / (nodes * extract):,.0f} s of features.",
+        md_table(["dataset", "images", "nodes", "proposals", "features", "both"], table),
+        "An idealised linear projection: every node as fast as this one, no shared-filesystem, network or "
+        "scheduling limits, Ray's start paid once. The measured rates include the workers' start-up over only "
+        f"{ray['images']} images, which a long run spreads over many more.",
+    ]
+
+
+def ray_section(ray: dict, voc: dict | None, cores: int, command: str) -> list[str]:
+    """``benchmarks/bench_ray.py``: images per second of propose and extract, local against Ray on
+    this machine, what the ratio means, and the projection to many nodes; or why it did not run."""
+    title = "## Ray on one machine (issue 19)"
+    if ray.get("skipped"):
+        return [title, f"Not measured: {ray['skipped']}; `{command}` did not run."]
+    rows = [[r["executor"], f"{r['propose_images_per_s']:.2f}", f"{r['extract_images_per_s']:.2f}",
+             f"{r['start_s']:.1f}" if r["executor"].startswith("ray ") else "–"] for r in ray["rows"]]
+    settings = ray.get("settings", {})
+    extract = (f"extract with random {settings.get('backbone', 'zf5')} weights of width {settings['width']:g} "
+               f"at scale {settings['scale']}" if settings else "extract with random zf5 weights")
+    return [title,
+            f"`{command}`: {ray['images']} synth images, both stages from empty caches per configuration: "
+            "local N runs propose in a pool of N processes (extract in one process); ray N runs both as Ray tasks "
+            f"on a local Ray of N CPUs, one thread each; {extract}. Ray's start is timed apart; its workers' "
+            "start-up counts in the rates.",
+            md_table(["executor", "propose img/s", "extract img/s", "Ray start s"], rows),
+            bullets(ray_reading(ray)),
+            *ray_projection(ray, voc, cores)]
+
+
 def page(results: dict, machine: dict, run: dict) -> str:
     """The whole of BENCHMARKS.md. ``results``: the JSON of each step (demo, speed, ablation, spp,
-    conv, eval, memory); ``machine``: cpu, cores, memory_gb, system, python, packages,
-    threads, load; ``run``: date, fresh, command, steps [{name, command, seconds}],
-    total_seconds, figure (path relative to the page)."""
+    conv, eval, memory; datasets, faults, voc and ray when the run had them); ``machine``: cpu,
+    cores, memory_gb, system, python, packages, threads, load; ``run``: date, fresh, command, steps
+    [{name, command, seconds, skipped?}], total_seconds, figure (path relative to the page)."""
     demo, speed, ablation = results["demo"], results["speed"], results["ablation"]
     steps = md_table(["step", "command", "seconds"],
-                     [[s["name"] + (f" (beside {s['beside']})" if s.get("beside") else ""), f"`{s['command']}`",
+                     [[s["name"] + (f" (beside {s['beside']})" if s.get("beside") else "")
+                       + (f" (skipped: {s['skipped']})" if s.get("skipped") else ""), f"`{s['command']}`",
                        f"{s['seconds']:.0f}"] for s in run["steps"]]
                      + [["**total**", "", f"**{run['total_seconds']:.0f}**"]], right=[False, False, True])
     packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items())
@@ -430,6 +579,11 @@ def page(results: dict, machine: dict, run: dict) -> str:
         "## VOC evaluation speed",
         "`benchmarks/bench_eval.py`: synthetic detections at VOC 2007 test scale.",
         eval_table(results["eval"]),
+        *(voc_section(results["voc"], step_command(run, "voc", "python benchmarks/voc2007_estimate.py"))
+          if results.get("voc") else []),
+        *(ray_section(results["ray"], results.get("voc"), results["ray"].get("settings", {}).get(
+            "cpus", machine["cores"]), step_command(run, "ray", "python benchmarks/bench_ray.py"))
+          if results.get("ray") else []),
         "## Reading: where this run matches the paper and where it does not",
         bullets(accuracy_reading(ablation) + speed_reading(speed) + memory_reading(results["memory"])),
         "Why the settings differ:",

@@ -4,7 +4,9 @@ the numbers it is computed from."""
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 
 import pytest
 
@@ -140,7 +142,8 @@ def test_memory_reading_flat_or_growing():
     assert svm.endswith("(+800 MB): it grows with the training set.")
 
 
-def test_page_has_every_section_and_no_placeholders():
+def page_inputs() -> tuple[dict, dict, dict]:
+    """(results, machine, run) of an older run: the steps every run has, none of report.NEWER."""
     demo = {"seconds": {"synth": 15.0, "eval": 11.0}, "total_seconds": 26.0, "mAP": 0.515, "images": 400}
     results = {"demo": demo, "speed": SPEED, "ablation": ABLATION, "memory": MEMORY,
                "spp": {"windows": 2000, "map": [256, 43, 58],
@@ -155,6 +158,11 @@ def test_page_has_every_section_and_no_placeholders():
            "steps": [{"name": "demo", "command": "python benchmarks/demo.py", "seconds": 400.0},
                      {"name": "ablation", "command": "python benchmarks/ablation.py", "seconds": 600.0,
                       "beside": "memory"}]}
+    return results, machine, run
+
+
+def test_page_has_every_section_and_no_placeholders():
+    results, machine, run = page_inputs()
     text = report_text.page(results, machine, run)
     for heading in ("## Machine", "## Commands", "## Speed", "## Accuracy", "## The demo", "## Memory and disk",
                     "## VOC evaluation speed", "## Reading"):
@@ -168,6 +176,7 @@ def test_page_has_every_section_and_no_placeholders():
     assert "its eval gives 49.0, which equals the demo's mAP (49.0)" in text
     assert "test mAP 51.5 (VOC07; pool5 SVMs and box regression at scales 448, 896)" in text
     assert "None" not in text and "nan" not in text
+    assert "## Ray" not in text and "## Pascal VOC 2007" not in text  # an older run: no such steps
 
 
 def test_ablation_option_helpers():
@@ -203,3 +212,150 @@ def test_faults_section_counts_and_skips():
     assert "In all: 4 of 5 survived, 1 files lost." in text
     assert "| full disk during a stage | 3 | 2 | 1 |" in text
     assert "| read-only work directory | skipped: no mount here |  |  |" in text
+
+
+RAY = {"images": 24, "settings": {"backbone": "zf5", "width": 1.0, "scale": 688, "workers": [1, 2],
+                                  "omp_num_threads": "1", "cpus": 2},
+       "rows": [{"executor": "local 1", "start_s": 0.0, "propose_images_per_s": 1.0, "extract_images_per_s": 0.5},
+                {"executor": "local 2", "start_s": 0.0, "propose_images_per_s": 2.0, "extract_images_per_s": 0.5},
+                {"executor": "ray 1", "start_s": 3.0, "propose_images_per_s": 0.9, "extract_images_per_s": 0.45},
+                {"executor": "ray 2", "start_s": 3.2, "propose_images_per_s": 1.6, "extract_images_per_s": 0.8}]}
+# hours as voc2007_estimate.py computes them: 9,963 images (propose over 2 cores), 4,952 test images
+VOC = {"backbone": "vgg16", "device": "cpu", "precision": "bfloat16", "scales": [480, 576, 688, 864, 1200],
+       "image_hw": [375, 500], "torch_threads": 1, "cpu_cores": 2, "feature_cache_gb": 412.4,
+       "seconds_per_image": {"propose (one core)": 1.5, "extract (5 scales)": 20.0, "pool + fc, 2000 windows": 2.0},
+       "hours": {"propose": 1.5 * 9963 / 2 / 3600, "extract": 20.0 * 9963 / 3600, "detect test": 2.0 * 4952 / 3600}}
+RAY_COMMAND = "python benchmarks/bench_ray.py --data w/ray/data --images 24 --width 1.0 --scale 688 --json r.json"
+
+
+@pytest.mark.parametrize("seconds, shown", [(45, "45 s"), (119.4, "119 s"), (120, "2 min"), (7199, "120 min"),
+                                            (7200, "2.0 h"), (48 * 3600, "2.0 days")])
+def test_duration_units(seconds, shown):
+    assert report_text.duration(seconds) == shown
+
+
+def test_voc_section_table_and_totals():
+    title, text, table = report_text.voc_section(VOC, "python benchmarks/voc2007_estimate.py --backbone vgg16")
+    assert title == "## Pascal VOC 2007 with vgg16: projected cost"
+    assert text.startswith("`python benchmarks/voc2007_estimate.py --backbone vgg16`: ")
+    assert "scales 480, 576, 688, 864, 1200; bfloat16 on cpu, 1 torch thread(s)) on a VOC-sized 500 x 375 image" in text
+    assert "all 9,963 images (proposals one process per core, 2 cores)" in text and "4,952 test images" in text
+    rows = table.splitlines()
+    assert rows[0] == "| step | seconds per image | VOC 2007 |"
+    assert rows[2:] == ["| propose (one core) | 1.500 | 2.1 h |", "| extract (5 scales) | 20.000 | 55.4 h |",
+                        "| pool + fc, 2000 windows | 2.000 | 2.8 h |",
+                        "| **per-image steps, in all** |  | **60.2 h** |",
+                        "| feature cache on disk (float16 conv5 maps, trainval + test) |  | 412 GB |"]
+
+
+def test_ray_section_table_and_ratios():
+    text = "\n\n".join(report_text.ray_section(RAY, None, 2, RAY_COMMAND))
+    assert text.startswith("## Ray on one machine (issue 19)\n\n`" + RAY_COMMAND + "`: 24 synth images")
+    assert "extract with random zf5 weights of width 1 at scale 688" in text
+    assert "| executor | propose img/s | extract img/s | Ray start s |" in text
+    assert "| local 2 | 2.00 | 0.50 | – |" in text and "| ray 2 | 1.60 | 0.80 | 3.2 |" in text
+    assert "Propose, ray 2 / local 2 = 0.80 (20% slower): the same 2 processes, so this is Ray's overhead" in text
+    assert "ray 2 / local 1 = 1.60 (60% faster): what Ray gains from running 2 processes instead of one" in text
+    assert "Extract, ray 2 / local 1 = 1.60 (60% faster)" in text
+    assert "Ray 1 / local 1 (one process each) isolates the overhead: propose 0.90, extract 0.90." in text
+    faster = copy.deepcopy(RAY)
+    faster["rows"][3]["propose_images_per_s"] = 2.2
+    assert "ray 2 / local 2 = 1.10 (10% faster)" in "\n".join(report_text.ray_reading(faster))
+
+
+def test_ray_projection_uses_the_recipe_rate_from_the_voc_step():
+    text, table, caveat = report_text.ray_projection(RAY, VOC, 2)
+    # propose 1.6 img/s per node (ray 2); extract: ray 2's gain over local 1 (0.8 / 0.5) over vgg16's 20 s
+    assert "N nodes of this machine's kind (2 cores each, running ray 2's configuration)" in text
+    assert "proposals at ray 2's measured 1.60 img/s per node" in text
+    assert ("ray 2's extract gain over local 1 (1.60x, zf5 width 1 at scale 688) applied to the voc step's "
+            "one-process time for vgg16 at scales 480, 576, 688, 864, 1200 (20.00 s per image), 1.60 / 20.00 = "
+            "0.0800 img/s per node") in text
+    assert ("E.g. COCO train2017 on 100 nodes: 118,287 / (100 x 1.60) = 739 s of proposals, 118,287 / (100 x "
+            "0.0800) = 14,786 s of features.") in text
+    rows = table.splitlines()
+    assert rows[0] == "| dataset | images | nodes | proposals | features | both |"
+    assert rows[2] == "| VOC 2007 | 9,963 | 1 | 104 min | 34.6 h | 36.3 h |"  # 9,963/1.6 s, 9,963/0.08 s
+    assert rows[5] == "| COCO train2017 | 118,287 | 1 | 20.5 h | 17.1 days | 18.0 days |"
+    assert rows[7] == "| COCO train2017 | 118,287 | 100 | 12 min | 4.1 h | 4.3 h |"
+    assert len(rows) == 2 + 2 * 3
+    assert caveat.startswith("An idealised linear projection") and "only 24 images" in caveat
+
+
+def test_ray_projection_without_the_voc_step_uses_the_measured_trunk():
+    text, table, _ = report_text.ray_projection(RAY, None, 2)
+    assert ("features at ray 2's measured rate, 0.80 img/s per node (zf5 width 1 at scale 688, not the recipe's "
+            "trunk and scales: the voc step did not run)") in text
+    assert "| VOC 2007 | 9,963 | 1 | 104 min | 3.5 h | 5.2 h |" in table  # 9,963 / 0.8 s = 3.46 h
+
+
+def test_ray_section_when_ray_was_not_installed():
+    title, line = report_text.ray_section({"skipped": "Ray is not installed in this Python"}, VOC, 2, RAY_COMMAND)
+    assert title == "## Ray on one machine (issue 19)"
+    assert line == f"Not measured: Ray is not installed in this Python; `{RAY_COMMAND}` did not run."
+
+
+def test_page_with_the_voc_and_ray_steps():
+    results, machine, run = page_inputs()
+    results.update(voc=VOC, ray=RAY)
+    run["steps"] += [{"name": "voc", "command": "python benchmarks/voc2007_estimate.py --reps 1", "seconds": 90.0},
+                     {"name": "ray", "command": RAY_COMMAND, "seconds": 120.0}]
+    text = report_text.page(results, machine, run)
+    voc, ray, reading = (text.index(h) for h in ("## Pascal VOC 2007 with vgg16", "## Ray on one machine",
+                                                 "## Reading"))
+    assert text.index("## VOC evaluation speed") < voc < ray < reading
+    assert "`python benchmarks/voc2007_estimate.py --reps 1`: seconds per image" in text
+    assert f"`{RAY_COMMAND}`: 24 synth images" in text and "1.60 / 20.00 = 0.0800 img/s per node" in text
+    results["ray"], run["steps"][-1] = {"skipped": "no Ray"}, {"name": "ray", "command": RAY_COMMAND,
+                                                               "seconds": 0.0, "skipped": "no Ray"}
+    text = report_text.page(results, machine, run)
+    assert "Not measured: no Ray;" in text and f"| ray (skipped: no Ray) | `{RAY_COMMAND}` | 0 |" in text
+    assert "None" not in text and "nan" not in text
+
+
+def report_args(**changes) -> argparse.Namespace:
+    values = {"images": 400, "dataset_images": 300, "speed_images": 5, "memory_counts": "100,200,400",
+              "eval_images": 5000, "methods": "spp_1,rcnn", "ray_images": 24}
+    return argparse.Namespace(**{**values, **changes})
+
+
+def test_plan_runs_every_step_and_the_new_ones_as_asked(tmp_path):
+    import report
+
+    commands = report.plan(tmp_path, report_args(ray_images=7))
+    assert set(commands) == set(report.STEPS) == set(report.ORDER) | set(report.BESIDE.values())
+    assert set(report.NEWER) >= {"voc", "ray"} and "ray" in report.OWN
+    ray, ray_json = commands["ray"]
+    assert ray[1].endswith("bench_ray.py") and ray_json == tmp_path / "results" / "ray.raw.json"
+    assert ray[2:] == ["--data", str(tmp_path / "ray" / "data"), "--images", "7", "--width", "1.0", "--scale", "688",
+                       "--json", str(ray_json)]
+    voc, voc_json = commands["voc"]
+    assert voc[1].endswith("voc2007_estimate.py") and voc_json == tmp_path / "results" / "voc.raw.json"
+    assert voc[2:] == ["--backbone", "vgg16", "--reps", "1", "--json", str(voc_json)]
+
+
+def test_a_step_whose_package_is_missing_is_recorded_not_run(tmp_path, monkeypatch):
+    import report
+
+    monkeypatch.setattr(report, "REQUIRES", {"ray": ("sppdet_no_such_module", "Ray is not installed")})
+    assert report.missing_requirement("ray") == "Ray is not installed"
+    assert report.missing_requirement("voc") is None
+    monkeypatch.setattr(report, "ORDER", ("ray",))
+    steps, results = report.run_steps(tmp_path, report_args())
+    assert results == {"ray": {"skipped": "Ray is not installed"}}
+    assert json.loads((tmp_path / "results" / "ray.json").read_text()) == results["ray"]
+    assert steps[0]["skipped"] == "Ray is not installed" and steps[0]["seconds"] == 0.0
+    assert "bench_ray.py --data" in steps[0]["command"]
+    monkeypatch.setattr(report, "REQUIRES", {"ray": ("json", "unused")})
+    assert report.missing_requirement("ray") is None
+
+
+def test_results_of_an_older_run_lack_the_newer_steps(tmp_path):
+    import report
+
+    for name in set(report.STEPS) - set(report.NEWER):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"step": name}))
+    results = report.load_results(tmp_path)
+    assert set(results) == set(report.STEPS) - set(report.NEWER) and results["demo"] == {"step": "demo"}
+    (tmp_path / "ray.json").write_text(json.dumps(RAY))
+    assert report.load_results(tmp_path)["ray"] == RAY
