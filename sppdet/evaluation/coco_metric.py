@@ -36,7 +36,7 @@ import numpy as np
 from sppdet.data.voc import Annotation
 from sppdet.errors import DatasetError, SppdetError
 from sppdet.evaluation.results_io import coco_ground_truth, coco_image_ids, coco_images, coco_results
-from sppdet.evaluation.voc_ap import Detections
+from sppdet.evaluation.voc_ap import Detections, scorable
 
 COCO_METRIC = "coco"
 INSTALL_HINT = "pip install 'sppdet[coco]'"
@@ -115,15 +115,10 @@ def evaluate_coco(ground_truth: Iterable[Annotation], detections: Detections,
     annotations, one per image of the split; boxes (x1, y1, x2, y2) continuous pixels).
     ``classes[k - 1]`` names label k. ``DatasetError`` for detections it cannot score."""
     coco_cls, eval_cls = require_coco()
-    annotations = list(ground_truth.annotations() if hasattr(ground_truth, "annotations") else ground_truth)
+    annotations = scorable(ground_truth, detections, classes)
     if not annotations:
         raise DatasetError("the split has no images to score")
     k = len(classes)
-    if len(detections) and (detections.labels.min() < 1 or detections.labels.max() > k):
-        raise DatasetError(f"detection labels must lie in 1..{k} (one per class); "
-                           f"got {detections.labels.min()}..{detections.labels.max()}")
-    if not np.isfinite(detections.boxes).all() or not np.isfinite(detections.scores).all():
-        raise DatasetError("detections contain a non-finite box coordinate or score")
     images = coco_images(annotations)
     truth = coco_ground_truth(images, classes, annotations)
     results = coco_results(detections, classes, coco_image_ids(image.name for image in images))

@@ -270,6 +270,20 @@ def _image_rows(detections: Detections, image_ids: Sequence[str]) -> np.ndarray:
     return lookup[detections.image_index]
 
 
+def scorable(ground_truth, detections: "Detections", classes: Sequence[str]) -> list[Annotation]:
+    """The annotations of ``ground_truth`` (a ``VocDataset`` or annotations) as a list, after
+    checking that ``detections`` can be scored against K = ``len(classes)`` classes: labels in
+    1..K, finite boxes and scores (``DatasetError`` otherwise). Shared by every metric."""
+    annotations = list(ground_truth.annotations() if hasattr(ground_truth, "annotations") else ground_truth)
+    k = len(classes)
+    if len(detections) and (detections.labels.min() < 1 or detections.labels.max() > k):
+        raise DatasetError(f"detection labels must lie in 1..{k} (one per class); "
+                           f"got {detections.labels.min()}..{detections.labels.max()}")
+    if not np.isfinite(detections.boxes).all() or not np.isfinite(detections.scores).all():
+        raise DatasetError("detections contain a non-finite box coordinate or score")
+    return annotations
+
+
 def evaluate(ground_truth: Iterable[Annotation], detections: Detections, classes: Sequence[str],
              metric: str = "voc07", iou_threshold: float = 0.5) -> EvalResult:
     """VOC AP per class of ``detections`` against ``ground_truth`` (a ``VocDataset`` or
@@ -278,14 +292,8 @@ def evaluate(ground_truth: Iterable[Annotation], detections: Detections, classes
         raise ConfigError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ConfigError(f"IoU threshold {iou_threshold}: expected a number in [0, 1]")
-    annotations = list(ground_truth.annotations() if hasattr(ground_truth, "annotations")
-                       else ground_truth)
+    annotations = scorable(ground_truth, detections, classes)
     k = len(classes)
-    if len(detections) and (detections.labels.min() < 1 or detections.labels.max() > k):
-        raise DatasetError(f"detection labels must lie in 1..{k} (one per class); "
-                           f"got {detections.labels.min()}..{detections.labels.max()}")
-    if not np.isfinite(detections.boxes).all() or not np.isfinite(detections.scores).all():
-        raise DatasetError("detections contain a non-finite box coordinate or score")
     det_image = _image_rows(detections, [a.image_id for a in annotations])
 
     gt_label = np.concatenate([a.labels(classes) for a in annotations] or [np.zeros(0, np.int64)])
