@@ -94,6 +94,18 @@ TEMP_SUFFIX = ".tmp"
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask (read once,
+    at import, where nothing else runs yet: ``os.umask`` can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: Files written through :func:`atomic_path` get this mode, as if written in place (not 0600).
+_NEW_FILE_MODE = _new_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
@@ -110,6 +122,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                                         suffix=TEMP_SUFFIX)
         os.close(fd)
         tmp = Path(tmp_name)
+        os.chmod(tmp, _NEW_FILE_MODE)  # mkstemp makes 0600; a written file gets the usual mode
         yield tmp
         _fsync(tmp)  # the data is on disk before the name points at it (no empty file after a crash)
         os.replace(tmp, target)

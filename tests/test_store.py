@@ -37,3 +37,11 @@ def test_data_root_recorded(tmp_path, monkeypatch):
     assert work.data_root() == tmp_path.resolve()
     monkeypatch.setenv("SPPDET_WORKDIR", str(tmp_path / "env"))
     assert store.WorkDir().root == (tmp_path / "env").resolve()
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path):
+    """Not mkstemp's 0600: a work directory or an exported model shared with a group stays readable."""
+    from sppdet.fileio import atomic_write_text
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
