@@ -469,3 +469,19 @@ def test_rebuilt_trunk_must_match_the_features(trained, tmp_path):
     weights.unlink()
     with pytest.raises(ModelError, match="are missing"):
         rebuild_trunk(work, folder, info)
+
+
+def test_spp_scales_table_counts_every_object_once(trained):
+    """benchmarks/spp_scales.py (issue 20's per-scale diagnosis) on the trained split: every
+    non-difficult object lands in exactly one scale's row, and the shares are shares."""
+    import spp_scales
+    from sppdet.data.voc import VocDataset
+
+    work, root, _ = trained
+    result = spp_scales.scale_table(WorkDir(work), "trainval")
+    objects = sum(int((~a.difficult).sum()) for a in VocDataset(root, "trainval", check_images=False).annotations())
+    assert sum(row["objects"] for row in result["rows"]) == objects > 0
+    assert [row["scale"] for row in result["rows"]] == sorted(row["scale"] for row in result["rows"])
+    for row in result["rows"]:
+        assert row["scale"] in result["scales"] and row["cells"] > 0
+        assert all(0.0 <= row[key] <= 1.0 for key in ("border", "top1", "recall"))
