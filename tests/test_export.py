@@ -225,6 +225,10 @@ BROKEN = {
         lambda m: m["features"]["config"].update(width=0.25))), "trunk arrays do not fit"),
     "pickled array": (lambda path, target: _rewrite(path, target, lambda m: m.update(
         {"svm/biases.npy": _pickled()})), "not a readable array"),
+    "member larger than its array": (lambda path, target: _rewrite(path, target, lambda m: m.update(
+        {"svm/biases.npy": _npy(np.zeros(100_000, np.float32))})), "not the size of the array"),
+    "manifest claims a huge array": (lambda path, target: _rewrite(path, target, _edit_manifest(
+        lambda m: m["arrays"]["svm/biases"].update(shape=[10**12]))), "not the size of the array"),
     "manifest not json": (lambda path, target: _rewrite(path, target, lambda m: m.update(
         {MANIFEST: b"{oops"})), "is not JSON"),
     "manifest missing a setting": (lambda path, target: _rewrite(path, target, _edit_manifest(

@@ -157,6 +157,25 @@ class _Invalid(Exception):
     """A problem of the file, turned into one ``ModelError`` line by :func:`read_model`."""
 
 
+#: Size limits checked before anything is decompressed, so a crafted file (a zip bomb, a
+#: manifest or array header claiming more than the member holds) costs no memory.
+MAX_MANIFEST_BYTES = 16 << 20
+NPY_HEADER_SLACK = 1 << 16
+
+
+def _npy_bytes(spec) -> int | None:
+    """The data bytes of the array a manifest entry ``{"shape": [...], "dtype": "..."}`` lists,
+    or None when the entry is not a plain numeric array."""
+    try:
+        dtype = np.dtype(spec["dtype"])
+        shape = [int(n) for n in spec["shape"]]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if dtype.hasobject or any(n < 0 for n in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def _read_archive(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(manifest, arrays by name) of the zip at ``path``, each array as the manifest lists it."""
     try:
@@ -167,6 +186,8 @@ def _read_archive(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         names = set(archive.namelist())
         if MANIFEST not in names:
             raise _Invalid(f"no {MANIFEST}")
+        if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
+            raise _Invalid(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             manifest = json.loads(archive.read(MANIFEST).decode("utf-8"))
         except ValueError as exc:
@@ -185,6 +206,9 @@ def _read_archive(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             member = f"{name}.npy"
             if member not in names:
                 raise _Invalid(f"member {member} is missing")
+            expected = _npy_bytes(spec)
+            if expected is None or not expected <= archive.getinfo(member).file_size <= expected + NPY_HEADER_SLACK:
+                raise _Invalid(f"member {member} is not the size of the array the manifest lists")
             try:
                 array = np.lib.format.read_array(io.BytesIO(archive.read(member)), allow_pickle=False)
             except ValueError as exc:
