@@ -19,7 +19,8 @@ The SVMs are the work directory's final ones (trained on train + val after ``spp
 on val they have seen the objects: read the table as where recognition is hardest, not as a
 held-out score. ``--split`` another split the work directory has features of to change that.
 
-    .venv/bin/python benchmarks/spp_scales.py --workdir sppdet-work [--split val] [--json PATH]
+    .venv/bin/python benchmarks/spp_scales.py --workdir sppdet-work [--split val] [--method spp|rcnn]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -31,22 +32,25 @@ from collections import defaultdict
 import numpy as np
 
 from sppdet.config import DetectConfig
-from sppdet.ops.spp import choose_scales
+from sppdet.ops.spp import choose_scales, scale_factors
 from sppdet.structures.boxes import iou_matrix
-from sppdet.workdir.caches import load_features
+from sppdet.workdir.caches import features_dir, features_info
 from sppdet.workdir.records import SELECTION_RECORD, recorded_views
 from sppdet.workdir.store import WorkDir
 from sppdet.workdir.trained import detect_split, load_detector
 from sppdet.workdir.window_source import WindowSource
 
 
-def scale_table(work: WorkDir, split: str) -> dict:
-    """The per-scale figures of the module docstring, as a dict (scales ascending)."""
-    source = WindowSource(work, split)
-    detector = load_detector(work, source.feature_hash, source.dim)
-    views = recorded_views(work)
-    detections = detect_split(work, split, DetectConfig(tta=tuple(views)), source=source)
-    scales = source.info.config.scales
+def scale_table(work: WorkDir, split: str, method: str = "spp") -> dict:
+    """The per-scale figures of the module docstring, as a dict (scales ascending). ``method``
+    "rcnn" scores the R-CNN models of the work directory instead, on the same objects, each still
+    filed under the scale SPP would pool it at (so the two tables compare object for object)."""
+    source = WindowSource(work, split, method=method)
+    detector = load_detector(work, source.feature_hash, source.dim, method=method)
+    views = recorded_views(work) if method == "spp" else ()
+    detections = detect_split(work, split, DetectConfig(tta=tuple(views)), method=method, source=source)
+    spp = features_info(features_dir(work))
+    scales, target, stride = spp.config.scales, spp.config.target, spp.stride
     rows = defaultdict(lambda: defaultdict(list))
     for image_id in source.image_ids:
         boxes, labels, difficult = source.ground_truth(image_id)
@@ -54,20 +58,20 @@ def scale_table(work: WorkDir, split: str) -> dict:
         boxes, labels = boxes[keep], labels[keep]
         if not len(boxes):
             continue
-        cached = load_features(source.features_folder, image_id)
-        factors = np.asarray(cached.scale_factors, np.float64)
-        routed = choose_scales(boxes, factors, source.info.config.target).numpy()
-        height, width = cached.image_hw
+        annotation = source.dataset.annotation(image_id)
+        height, width = annotation.height, annotation.width
+        factors = np.asarray(scale_factors((height, width), scales), np.float64)
+        routed = choose_scales(boxes, factors, target).numpy()
         scores = detector.score(source.pool(image_id, boxes))
         found = _found(detections, image_id, boxes, labels)
         sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-        edge = source.info.stride
+        edge = stride
         border = ((boxes[:, 0] < edge) | (boxes[:, 1] < edge) | (boxes[:, 2] > width - edge)
                   | (boxes[:, 3] > height - edge))
         own = scores[np.arange(len(labels)), labels - 1]
         for i, s in enumerate(routed):
             row = rows[int(s)]
-            row["cells"].append(sides[i] * factors[s] / source.info.stride)
+            row["cells"].append(sides[i] * factors[s] / stride)
             row["border"].append(bool(border[i]))
             row["top1"].append(bool(scores[i].argmax() == labels[i] - 1))
             row["score"].append(float(own[i]))
@@ -79,7 +83,7 @@ def scale_table(work: WorkDir, split: str) -> dict:
                       "cells": float(np.mean(row["cells"])), "border": float(np.mean(row["border"])),
                       "top1": float(np.mean(row["top1"])), "score": float(np.mean(row["score"])),
                       "recall": float(np.mean(row["found"]))})
-    return {"split": split, "scales": list(scales), "target": source.info.config.target, "views": list(views),
+    return {"split": split, "method": method, "scales": list(scales), "target": target, "views": list(views),
             "rows": table}
 
 
@@ -98,12 +102,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="sppdet-work")
     parser.add_argument("--split", default=None, help="default: the val split sppdet train chose on")
+    parser.add_argument("--method", default="spp", choices=["spp", "rcnn"],
+                        help="rcnn: the R-CNN models (sppdet ... --method rcnn), objects filed by SPP's scale")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     work = WorkDir(args.workdir)
     split = args.split or work.config()["stages"][SELECTION_RECORD]["val_split"]
-    result = scale_table(work, split)
-    print(f"{split}: scales {result['scales']}, target {result['target']} px, views {result['views'] or 'none'}")
+    result = scale_table(work, split, args.method)
+    print(f"{args.method} on {split}: scales {result['scales']}, target {result['target']} px, "
+          f"views {result['views'] or 'none'}")
     print(f"{'scale':>6} {'objects':>8} {'cells':>6} {'border':>7} {'top-1':>6} {'score':>6} {'recall':>7}")
     for row in result["rows"]:
         print(f"{row['scale']:>6} {row['objects']:>8} {row['cells']:>6.1f} {row['border']:>7.2f} "
