@@ -40,7 +40,7 @@ from sppdet.evaluation.analysis import (BACKGROUND, CONFUSED, CONFUSION, CORRECT
                                         analyze_errors, write_analysis_files)
 from sppdet.evaluation.voc_ap import Detections
 from sppdet.fileio import atomic_write_bytes, safe_file_stem
-from sppdet.vis.draw import FONT, line_thickness
+from sppdet.vis.draw import FONT, box_pixels, dashed_rectangle, line_thickness, text_colour
 
 CONFUSION_PNG = "confusion_matrix.png"
 FALSE_POSITIVES_PNG = "false_positives.png"
@@ -64,12 +64,6 @@ class AnalysisReport:
     worst_images: tuple[Path, ...]
 
 
-def _ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on the BGR ``colour``."""
-    blue, green, red = colour
-    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else (255, 255, 255)
-
-
 def _tag(canvas: np.ndarray, text: str, left: int, edge: int, colour, scale: float, thickness: int,
          above: bool) -> None:
     """``text`` on a filled ``colour`` rectangle just above (or below) row ``edge``, kept inside the image."""
@@ -81,26 +75,8 @@ def _tag(canvas: np.ndarray, text: str, left: int, edge: int, colour, scale: flo
     top = max(0, min(top, height - box_h))
     left = max(0, min(left, width - box_w))
     cv2.rectangle(canvas, (left, top), (left + box_w - 1, top + box_h - 1), colour, cv2.FILLED)
-    cv2.putText(canvas, text, (left + pad, top + pad + text_h), FONT, scale, _ink(colour), thickness, cv2.LINE_AA)
-
-
-def _dashed_rectangle(canvas: np.ndarray, x1: int, y1: int, x2: int, y2: int, colour, thickness: int) -> None:
-    """A rectangle of dashes (3 line widths long, at least 4 px) on pixels ``x1..x2`` x ``y1..y2``."""
-    dash = max(4, 3 * thickness)
-    for ax, ay, bx, by in ((x1, y1, x2, y1), (x2, y1, x2, y2), (x2, y2, x1, y2), (x1, y2, x1, y1)):
-        length = max(abs(bx - ax), abs(by - ay), 1)
-        starts = np.arange(0, length + 1, 2 * dash)
-        ends = np.minimum(starts + dash, length)
-        for s, e in zip((starts / length).tolist(), (ends / length).tolist()):
-            cv2.line(canvas, (round(ax + s * (bx - ax)), round(ay + s * (by - ay))),
-                     (round(ax + e * (bx - ax)), round(ay + e * (by - ay))), colour, thickness)
-
-
-def _pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """int64 ``[n, 4]`` inclusive pixel corners of boxes ``[n, 4]`` (as ``sppdet.vis.draw``), clipped."""
-    corners = np.stack([np.floor(boxes[:, 0]), np.floor(boxes[:, 1]),
-                        np.ceil(boxes[:, 2]) - 1, np.ceil(boxes[:, 3]) - 1], axis=1)
-    return np.clip(corners, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int64)
+    cv2.putText(canvas, text, (left + pad, top + pad + text_h), FONT, scale, text_colour(colour), thickness,
+                cv2.LINE_AA)
 
 
 def draw_analysis_image(image: np.ndarray, analysis: ErrorAnalysis, index: int) -> np.ndarray:
@@ -118,11 +94,12 @@ def draw_analysis_image(image: np.ndarray, analysis: ErrorAnalysis, index: int) 
     names = analysis.classes
 
     objects = np.flatnonzero(analysis.object_image == index)
-    object_pixels = _pixels(analysis.object_boxes[objects], height, width)
+    object_pixels = box_pixels(analysis.object_boxes[objects], height, width)
     for g, (x1, y1, x2, y2) in zip(objects.tolist(), object_pixels.tolist()):
-        _dashed_rectangle(canvas, x1, y1, x2, y2, OBJECT_COLOURS[int(analysis.object_outcome[g])], thickness)
+        dashed_rectangle(canvas, (x1, y1, x2, y2), OBJECT_COLOURS[int(analysis.object_outcome[g])], thickness,
+                         dash=max(4, 3 * thickness))
     dets = np.flatnonzero(analysis.detection_image == index)[::-1]  # lowest score first: the best on top
-    det_pixels = _pixels(analysis.detection_boxes[dets], height, width)
+    det_pixels = box_pixels(analysis.detection_boxes[dets], height, width)
     for d, (x1, y1, x2, y2) in zip(dets.tolist(), det_pixels.tolist()):
         cv2.rectangle(canvas, (x1, y1), (x2, y2), DETECTION_COLOURS[int(analysis.detection_outcome[d])], thickness)
 

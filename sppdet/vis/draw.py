@@ -49,7 +49,8 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return PALETTE[(int(label) - 1) % len(PALETTE)]
 
 
-def _text_colour(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+def text_colour(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on the BGR ``colour``."""
     blue, green, red = colour
     return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else (255, 255, 255)
 
@@ -59,8 +60,8 @@ def line_thickness(height: int, width: int) -> int:
     return max(1, int(round(math.sqrt(height * width) / 200)))
 
 
-def _label(canvas: np.ndarray, text: str, left: int, top: int, colour: tuple[int, int, int],
-           scale: float, thickness: int) -> None:
+def draw_label(canvas: np.ndarray, text: str, left: int, top: int, colour: tuple[int, int, int],
+               scale: float, thickness: int) -> None:
     """Draw ``text`` on a filled rectangle above row ``top`` (or inside the box if no room)."""
     height, width = canvas.shape[:2]
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
@@ -71,8 +72,30 @@ def _label(canvas: np.ndarray, text: str, left: int, top: int, colour: tuple[int
     y0 = max(0, min(y0, height - box_h))
     x0 = max(0, min(left, width - box_w))
     cv2.rectangle(canvas, (x0, y0), (x0 + box_w - 1, y0 + box_h - 1), colour, cv2.FILLED)
-    cv2.putText(canvas, text, (x0 + pad, y0 + pad + text_h), FONT, scale, _text_colour(colour),
+    cv2.putText(canvas, text, (x0 + pad, y0 + pad + text_h), FONT, scale, text_colour(colour),
                 thickness, cv2.LINE_AA)
+
+
+def box_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """int64 ``[N, 4]`` inclusive pixel corners (x1, y1, x2, y2) of continuous boxes ``[N, 4]``,
+    clipped to an ``height`` x ``width`` image: every box is drawn on the pixels it covers."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    corners = np.stack([np.floor(boxes[:, 0]), np.floor(boxes[:, 1]),
+                        np.ceil(boxes[:, 2]) - 1, np.ceil(boxes[:, 3]) - 1], axis=1)
+    return np.clip(corners, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int64)
+
+
+def dashed_rectangle(canvas: np.ndarray, corners, colour: tuple[int, int, int], thickness: int,
+                     dash: int) -> None:
+    """A rectangle of ``dash`` px dashes with equal gaps on the pixels ``corners`` = (x1, y1, x2, y2)
+    (inclusive, as :func:`box_pixels` gives), each edge starting with a dash at its corner."""
+    x1, y1, x2, y2 = corners
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        dx, dy = int(np.sign(bx - ax)), int(np.sign(by - ay))  # edges are axis-aligned
+        length = abs(bx - ax) + abs(by - ay)
+        for start in range(0, length + 1, 2 * dash):
+            end = min(start + dash, length)
+            cv2.line(canvas, (ax + dx * start, ay + dy * start), (ax + dx * end, ay + dy * end), colour, thickness)
 
 
 def draw_detections(image: np.ndarray, boxes, scores, labels, classes: Sequence[str]) -> np.ndarray:
@@ -94,16 +117,14 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, classes: Sequence[
     thickness = line_thickness(height, width)
     font_scale = max(0.35, 0.0005 * (height + width))
     text_thickness = max(1, thickness // 2)
-    pixels = np.stack([np.floor(boxes[:, 0]), np.floor(boxes[:, 1]),
-                       np.ceil(boxes[:, 2]) - 1, np.ceil(boxes[:, 3]) - 1], axis=1)
-    pixels = np.clip(pixels, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int64)
+    pixels = box_pixels(boxes, height, width)
     order = np.argsort(scores, kind="stable")
     for i in order:
         x1, y1, x2, y2 = pixels[i].tolist()
         cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(labels[i]), thickness)
     for i in order:
-        _label(canvas, f"{classes[labels[i] - 1]} {scores[i]:.2f}", int(pixels[i, 0]), int(pixels[i, 1]),
-               class_colour(labels[i]), font_scale, text_thickness)
+        draw_label(canvas, f"{classes[labels[i] - 1]} {scores[i]:.2f}", int(pixels[i, 0]), int(pixels[i, 1]),
+                   class_colour(labels[i]), font_scale, text_thickness)
     return canvas
 
 

@@ -18,20 +18,7 @@ import numpy as np
 from sppdet.data.images import load_bgr, to_bgr8
 from sppdet.data.voc import Annotation, VocDataset
 from sppdet.fileio import safe_file_stem
-from sppdet.vis.draw import _label, class_colour, line_thickness, write_image
-
-
-def _dashed_rectangle(canvas: np.ndarray, corners: tuple[int, int, int, int], colour: tuple[int, int, int],
-                      thickness: int) -> None:
-    """A rectangle of dashes ``3 * thickness + 3`` px long with equal gaps, corners included."""
-    x1, y1, x2, y2 = corners
-    dash = 3 * thickness + 3
-    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
-        dx, dy = int(np.sign(bx - ax)), int(np.sign(by - ay))  # edges are axis-aligned
-        length = abs(bx - ax) + abs(by - ay)
-        for start in range(0, length + 1, 2 * dash):
-            end = min(start + dash, length)
-            cv2.line(canvas, (ax + dx * start, ay + dy * start), (ax + dx * end, ay + dy * end), colour, thickness)
+from sppdet.vis.draw import box_pixels, class_colour, dashed_rectangle, draw_label, line_thickness, write_image
 
 
 def draw_annotation(image: np.ndarray, annotation: Annotation, classes: Sequence[str]) -> np.ndarray:
@@ -42,19 +29,16 @@ def draw_annotation(image: np.ndarray, annotation: Annotation, classes: Sequence
     height, width = canvas.shape[:2]
     thickness = line_thickness(height, width)
     font_scale = max(0.35, 0.0005 * (height + width))
-    boxes = np.asarray(annotation.boxes, np.float64).reshape(-1, 4)
-    pixels = np.stack([np.floor(boxes[:, 0]), np.floor(boxes[:, 1]),
-                       np.ceil(boxes[:, 2]) - 1, np.ceil(boxes[:, 3]) - 1], axis=1)
-    pixels = np.clip(pixels, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int64)
+    pixels = box_pixels(annotation.boxes, height, width)
     labels = annotation.labels(classes).clip(min=0)
     for corners, label, hard in zip(pixels.tolist(), labels, annotation.difficult):
         if hard:
-            _dashed_rectangle(canvas, tuple(corners), class_colour(label), thickness)
+            dashed_rectangle(canvas, corners, class_colour(label), thickness, dash=3 * thickness + 3)
         else:
             cv2.rectangle(canvas, tuple(corners[:2]), tuple(corners[2:]), class_colour(label), thickness)
     for corners, name, label, hard in zip(pixels.tolist(), annotation.names, labels, annotation.difficult):
-        _label(canvas, f"{name} (difficult)" if hard else name, corners[0], corners[1], class_colour(label),
-               font_scale, max(1, thickness // 2))
+        draw_label(canvas, f"{name} (difficult)" if hard else name, corners[0], corners[1], class_colour(label),
+                   font_scale, max(1, thickness // 2))
     return canvas
 
 
