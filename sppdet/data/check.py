@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from sppdet.data.images import IMAGE_SUFFIXES, load_bgr
-from sppdet.data.voc import VOC_CLASSES, read_annotation, read_split
+from sppdet.data.images import load_bgr
+from sppdet.data.voc import VOC_CLASSES, find_image, read_annotation, read_split
 from sppdet.errors import DatasetError
 
 TINY_SIDE = 16.0
@@ -111,13 +111,6 @@ def _raw_objects(path: Path) -> _Objects:
         truncated.append(_flag(obj, "truncated"))
     return _Objects(np.array(boxes, np.float64).reshape(-1, 4), tuple(names), np.array(difficult, bool),
                     np.array(truncated, bool))
-
-
-def _image_path(root: Path, image_id: str, filename: str | None) -> Path | None:
-    """The image of ``image_id`` as ``VocDataset.image_path`` finds it, or None."""
-    folder = root / "JPEGImages"
-    candidates = ([folder / filename] if filename else []) + [folder / f"{image_id}{s}" for s in IMAGE_SUFFIXES]
-    return next((c for c in candidates if c.is_file()), None)
 
 
 def _listed_ids(root: Path, report: DatasetReport) -> list[str]:
@@ -215,7 +208,7 @@ def _check_image(root: Path, image_id: str, report: DatasetReport, per_class: di
             (image_id, float(sides[k]), bool(objects.truncated[k]), bool(objects.difficult[k])))
     if not keep.any():
         report.without_objects.append(image_id)
-    image = _image_path(root, image_id, annotation.filename)
+    image = find_image(root, image_id, annotation.filename)
     if image is None:
         report.missing.append(Problem(image_id, f"{root / 'JPEGImages' / image_id}.*: no image"))
         return

@@ -277,11 +277,18 @@ class VocDataset:
 
     def image_path(self, image_id: str) -> Path:
         """The image file: ``<filename>`` from the XML if present, else ``<id>`` + a known suffix."""
-        folder = self.root / "JPEGImages"
         filename = self.annotation(image_id).filename
-        candidates = ([folder / filename] if filename else []) + [
-            folder / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        raise DatasetError(f"{candidates[0]}: image for {image_id!r} not found in {folder}")
+        found = find_image(self.root, image_id, filename)
+        if found is None:
+            folder = self.root / "JPEGImages"
+            first = folder / (filename or f"{image_id}{IMAGE_SUFFIXES[0]}")
+            raise DatasetError(f"{first}: image for {image_id!r} not found in {folder}")
+        return found
+
+
+def find_image(root: str | os.PathLike, image_id: str, filename: str | None = None) -> Path | None:
+    """The image file of ``image_id`` in ``root/JPEGImages``: the annotation's ``<filename>`` if it
+    names one that exists, else ``<id>`` + the first known suffix that exists; None if neither."""
+    folder = Path(root) / "JPEGImages"
+    candidates = ([folder / filename] if filename else []) + [folder / f"{image_id}{s}" for s in IMAGE_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
