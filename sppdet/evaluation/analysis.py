@@ -60,8 +60,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from sppdet.data.voc import Annotation
-from sppdet.errors import ConfigError, DatasetError
-from sppdet.evaluation.voc_ap import Detections, devkit_iou, match_class, stable_descending
+from sppdet.errors import ConfigError
+from sppdet.evaluation.voc_ap import Detections, devkit_iou, image_rows, match_class, scorable, stable_descending
 from sppdet.fileio import atomic_write_text
 
 #: outcomes of a confident detection (``ErrorAnalysis.detection_outcome``)
@@ -177,24 +177,6 @@ class ErrorAnalysis:
                 "worst_images": worst}
 
 
-def _detection_images(detections: Detections, annotations: Sequence[Annotation], k: int) -> np.ndarray:
-    """Index into ``annotations`` of each detection ``[N]``; ``DatasetError`` for what ``evaluate`` refuses."""
-    if len(detections) and (detections.labels.min() < 1 or detections.labels.max() > k):
-        raise DatasetError(f"detection labels must lie in 1..{k} (one per class); "
-                           f"got {detections.labels.min()}..{detections.labels.max()}")
-    if not np.isfinite(detections.boxes).all() or not np.isfinite(detections.scores).all():
-        raise DatasetError("detections contain a non-finite box coordinate or score")
-    position = {a.image_id: m for m, a in enumerate(annotations)}
-    lookup = np.array([position.get(name, -1) for name in detections.images], np.int64)
-    det_image = lookup[detections.image_index]
-    unknown = np.flatnonzero(det_image < 0)
-    if len(unknown):
-        name = detections.images[detections.image_index[unknown[0]]]
-        raise DatasetError(f"detections for image {name!r}, which is not in the evaluated split "
-                           f"({len(annotations)} images); analyse them on their split")
-    return det_image
-
-
 def _segment_best(values: np.ndarray, starts: np.ndarray, counts: np.ndarray,
                   candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per segment (``values[starts[i] : starts[i] + counts[i]]``, all counts > 0): the maximum and the
@@ -292,11 +274,11 @@ def analyze_errors(ground_truth: Iterable[Annotation], detections: Detections, c
         raise ConfigError(f"IoU threshold {iou_threshold}: expected a number in [0, 1]")
     if score_threshold is not None and not math.isfinite(score_threshold):
         raise ConfigError(f"score threshold {score_threshold}: expected a finite number")
-    annotations = list(ground_truth.annotations() if hasattr(ground_truth, "annotations") else ground_truth)
     k = len(classes)
     if k == 0:
         raise ConfigError("no classes to analyse; pass the dataset's class list")
-    det_image = _detection_images(detections, annotations, k)
+    annotations = scorable(ground_truth, detections, classes)  # what evaluate refuses, refused here too
+    det_image = image_rows(detections, [a.image_id for a in annotations])
     gt_image, gt_boxes, gt_labels, gt_difficult = _objects(annotations, classes)
 
     npos = np.array([int(np.sum((gt_labels == c) & ~gt_difficult)) for c in range(1, k + 1)], np.int64)

@@ -256,7 +256,7 @@ def match_class(det_image, det_boxes, det_scores, gt_image, gt_boxes, gt_difficu
     return tp, fp
 
 
-def _image_rows(detections: Detections, image_ids: Sequence[str]) -> np.ndarray:
+def image_rows(detections: Detections, image_ids: Sequence[str]) -> np.ndarray:
     """Index into ``image_ids`` of each detection row; ``DatasetError`` for an unknown image."""
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     used = np.flatnonzero(np.bincount(detections.image_index, minlength=len(detections.images)))
@@ -294,7 +294,7 @@ def evaluate(ground_truth: Iterable[Annotation], detections: Detections, classes
         raise ConfigError(f"IoU threshold {iou_threshold}: expected a number in [0, 1]")
     annotations = scorable(ground_truth, detections, classes)
     k = len(classes)
-    det_image = _image_rows(detections, [a.image_id for a in annotations])
+    det_image = image_rows(detections, [a.image_id for a in annotations])
 
     gt_label = np.concatenate([a.labels(classes) for a in annotations] or [np.zeros(0, np.int64)])
     gt_image = np.repeat(np.arange(len(annotations)), [len(a.names) for a in annotations])
