@@ -53,6 +53,7 @@ class ExtractConfig:
     seed: int = 0  # random-init seed (matters only with weights "none"; paper: ImageNet weights)
     target: int = 224  # px; each window is pooled at the scale where it is closest to target^2 (paper: 224)
     precision: str = "float32"  # the trunk's arithmetic: "float32" or "bfloat16" (stored float16 either way)
+    lrn: bool = True  # zf5's LRN layers (False: a trunk pretrained with batch norm, which trains without them)
 
 
 @dataclass(frozen=True)
@@ -166,3 +167,4 @@ class RcnnConfig:
     context: int = 16  # px of context around the box in the warped crop (R-CNN: 16)
     levels: tuple[int, ...] = (1, 2, 3, 6)  # pyramid on each crop's conv5 (R-CNN: one 6x6 pool5)
     seed: int = 0  # random-init seed (matters only with weights "none")
+    lrn: bool = True  # zf5's LRN layers, as ExtractConfig

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from sppdet.models.backbones import (IMAGENET_PREPROCESSING, build_backbone, imagenet_weights_path,
-                              load_trunk_weights, resolve_device, zf5_channels)
+from sppdet.models.backbones import (IMAGENET_PREPROCESSING, WithinChannelLRN, build_backbone,
+                                    imagenet_weights_path, load_trunk_weights, resolve_device, zf5_channels)
 from sppdet.errors import ConfigError, ModelError
 from sppdet.fileio import file_hash
 
@@ -81,6 +81,22 @@ def test_zf5_width_scales_every_layer():
     assert [m.out_channels for m in convs] == [24, 64, 96, 96, 64]
     assert [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in convs] == [
         (7, 2, 3), (5, 2, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)]
+
+
+def test_zf5_without_lrn_is_the_same_trunk_minus_its_lrn_layers():
+    with_lrn, without = build_backbone("zf5", 0.25, seed=3), build_backbone("zf5", 0.25, seed=3, lrn=False)
+    assert with_lrn.lrn and not without.lrn
+    assert sum(isinstance(m, WithinChannelLRN) for m in with_lrn.trunk.modules()) == 2
+    assert not any(isinstance(m, WithinChannelLRN) for m in without.trunk.modules())
+    assert list(without.trunk.state_dict()) == list(with_lrn.trunk.state_dict())  # same weights file fits both
+    reference = copy.deepcopy(with_lrn.trunk)
+    for name in ("norm1", "norm2"):
+        setattr(reference, name, nn.Identity())
+    image = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(0)) * 60
+    with torch.no_grad():
+        assert torch.equal(without.trunk(image), reference(image))
+        assert not torch.equal(without.trunk(image), with_lrn.trunk(image))
+    assert build_backbone("alexnet", lrn=False).channels == 256  # no LRN to leave out
 
 
 def test_torchvision_trunks_channels():

@@ -184,6 +184,26 @@ def test_default_weights_are_the_recorded_pretrained_trunk(tmp_path, voc):
     assert work.recorded_path(recorded["weights_source"]) == str(trunk)  # relative: the folder may move
 
 
+@pytest.mark.parametrize("recorded_lrn", [False, True])
+def test_the_recorded_trunk_runs_with_or_without_lrn_as_its_record_says(tmp_path, voc, recorded_lrn):
+    work = WorkDir(tmp_path / "work")
+    trunk = tmp_path / "work" / "pretrain" / "trunk.pt"
+    trunk.parent.mkdir(parents=True)
+    torch.save(build_backbone("zf5", 0.125, seed=7).trunk.state_dict(), trunk)
+    work.record_stage("pretrain", {"weights": "pretrain/trunk.pt", "backbone": "zf5", "width": 0.125,
+                                   "lrn": recorded_lrn})
+    job, _ = _extract(tmp_path, voc)
+    assert job.backbone.lrn is recorded_lrn and job.config.lrn is recorded_lrn
+    assert features_info(job.folder).config.lrn is recorded_lrn
+    expected_trunk = build_backbone("zf5", 0.125, weights=trunk, lrn=recorded_lrn)
+    image = cv2.imread(str(voc / "JPEGImages" / "a.png"))
+    expected, _ = compute_features(expected_trunk, image, TINY["scales"])
+    np.testing.assert_array_equal(load_features(job.folder, "a").maps[0], expected[0])
+    other = tmp_path / "other.pt"  # a weights file sppdet did not train: the architecture's LRN
+    torch.save(build_backbone("zf5", 0.125, seed=7).trunk.state_dict(), other)
+    assert _extract(tmp_path, voc, weights=str(other))[0].config.lrn is True
+
+
 def test_scale_choice_target_follows_the_pretraining_crops(tmp_path, voc):
     work = WorkDir(tmp_path / "work")
     assert resolve_target(work, "none", None) == 224 and resolve_target(work, "none", 80) == 80

@@ -18,7 +18,7 @@ from sppdet.structures.boxes import iou_matrix
 from sppdet.config import PretrainConfig
 from sppdet.data.voc import Annotation, VocDataset, write_annotation, write_split
 from sppdet.errors import ConfigError, WorkdirError
-from sppdet.workdir.records import resolve_weights
+from sppdet.workdir.records import pretrained_with_lrn, resolve_weights
 from sppdet.models.head import FcHead, load_head
 from sppdet.training.pretrain import (CropClassifier, augment_crops, check_config, crop_accuracy, crop_batches,
                                       new_classifier, pretrain_windows)
@@ -257,9 +257,10 @@ def test_trunk_state_folds_batch_norm_and_the_input_scale():
         torch.testing.assert_close(plain(crops), model.trunk(crops / 64), rtol=1e-4, atol=1e-4)
 
 
-def test_training_skips_lrn_and_the_saved_trunk_with_lrn_stays_close():
-    """new_classifier trains zf5 without its LRN layers; the saved trunk keeps them, and on
-    unit-scale activations they change conv5 by far less than float16 resolution."""
+def test_training_skips_lrn_and_the_trunk_with_lrn_stays_close():
+    """new_classifier trains zf5 without its LRN layers (later stages run it so too, see
+    test_the_trunk_runs_without_lrn_as_it_trained); on unit-scale activations the LRN layers
+    would change conv5 by far less than float16 resolution."""
     model, _ = new_classifier(replace(TINY, width=0.25), 2)
     assert not any(isinstance(m, WithinChannelLRN) for m in model.trunk.modules())
     crops = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 60
@@ -273,6 +274,19 @@ def test_training_skips_lrn_and_the_saved_trunk_with_lrn_stays_close():
     with torch.no_grad():
         kept, skipped = plain(crops), model.trunk(crops / 64)
     assert (kept - skipped).abs().max() <= 1e-3 * skipped.abs().max()
+
+
+def test_the_trunk_runs_without_lrn_as_it_trained(tiny, trained):
+    """With batch norm (the default) pretrain trains without LRN, records ``lrn: false``, and
+    the trunk is rebuilt without LRN wherever it is loaded."""
+    _, work = tiny
+    record = WorkDir(work).config()["stages"]["pretrain"]
+    assert record["lrn"] is False
+    _, backbone, _ = load_pretrained(work)
+    assert not backbone.lrn and not any(isinstance(m, WithinChannelLRN) for m in backbone.trunk.modules())
+    old_style = {key: value for key, value in record.items() if key != "lrn"}  # written before the key
+    assert pretrained_with_lrn(old_style) is False
+    assert pretrained_with_lrn({**old_style, "config": {**old_style["config"], "batch_norm": False}}) is True
 
 
 def test_rerun_skips_and_new_settings_get_a_new_folder(tiny, trained):

@@ -31,7 +31,8 @@ match (paths absolute or relative to the work directory):
        as long as the ``pretrain`` record is still the one it followed (its ``after_pretrain``):
        a later ``sppdet pretrain`` that trains a new trunk takes precedence again;
     2. the trunk of ``sppdet pretrain``, ``config.json["stages"]["pretrain"]["weights"]``;
-otherwise random weights ("none").
+otherwise random weights ("none"). A trunk sppdet trained with batch norm runs without zf5's LRN
+layers, as it was trained (``ExtractConfig.lrn``, ``sppdet.workdir.records.trunk_has_lrn``).
 
 Scale-choice target (``ExtractConfig.target``, recorded in ``features.json`` so every stage that
 pools these features routes windows alike): the paper pools each window at the scale where it is
@@ -71,7 +72,7 @@ from sppdet.models.features import (auto_precision, check_precision, compute_fea
                                      save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.records import (DEFAULT_BACKBONE, DEFAULT_WIDTH, TUNED_TRUNK_RECORD, extract_record,
-                                    trained_trunk, trained_trunks)
+                                    trained_trunk, trained_trunks, trunk_has_lrn)
 from sppdet.ops.spp import TARGET
 from sppdet.fileio import atomic_write_json
 from sppdet.workdir.caches import ExtractSummary
@@ -130,6 +131,7 @@ class ExtractSettings:
     precision: str
     sources: dict
     warnings: tuple[str, ...]
+    lrn: bool = True  # zf5's LRN layers (``sppdet.workdir.records.trunk_has_lrn``)
 
 
 def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str | None = None,
@@ -197,7 +199,8 @@ def resolve_extract_settings(work: WorkDir, dataset: VocDataset, backbone: str |
         precision, sources["precision"] = auto_precision(device), f"{sources['precision']}: auto for {device}"
     return ExtractSettings(backbone=backbone, width=float(width), weights=chosen,
                            scales=normalise_scales(scales), target=int(target),
-                           precision=check_precision(precision), sources=sources, warnings=tuple(warnings))
+                           precision=check_precision(precision), sources=sources, warnings=tuple(warnings),
+                           lrn=trunk_has_lrn(work, chosen))
 
 
 def normalise_scales(scales: Sequence[int]) -> tuple[int, ...]:
@@ -216,10 +219,12 @@ def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: s
                     weights: str | os.PathLike | None = None, scales: Sequence[int] | None = None,
                     seed: int = 0, device: str = "auto", data_root: str | os.PathLike | None = None,
                     shard: str | None = None, target: int | None = None,
-                    views: Sequence[str] = (), precision: str | None = None) -> ExtractJob:
+                    views: Sequence[str] = (), precision: str | None = None,
+                    lrn: bool | None = None) -> ExtractJob:
     """Resolve an ``extract`` run: settings left as None follow the work directory's records
-    (:func:`resolve_extract_settings`), then build the trunk (``sppdet.models.backbones.build_backbone``),
-    open the split, pick this shard's images and the cache folder. Nothing is computed yet."""
+    (:func:`resolve_extract_settings`; ``lrn`` the trunk's record), then build the trunk
+    (``sppdet.models.backbones.build_backbone``), open the split, pick this shard's images and the
+    cache folder. Nothing is computed yet."""
     work = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
     if scales is not None:
         scales = normalise_scales(scales)
@@ -234,10 +239,11 @@ def prepare_extract(workdir: str | os.PathLike | WorkDir | None = None, split: s
         work.set_data_root(root)
     settings = resolve_extract_settings(work, dataset, backbone, width, weights, scales, target, precision,
                                         str(torch_device))
-    net = build_backbone(settings.backbone, settings.width, settings.weights, seed)
+    net = build_backbone(settings.backbone, settings.width, settings.weights, seed,
+                         lrn=settings.lrn if lrn is None else bool(lrn))
     config = ExtractConfig(backbone=settings.backbone, width=settings.width, weights=net.weights_id,
                            scales=settings.scales, seed=int(seed), target=settings.target,
-                           precision=settings.precision)
+                           precision=settings.precision, lrn=net.lrn)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={"data_root": str(root)})
     if not (folder / INFO_FILE).is_file():
         atomic_write_json(folder / INFO_FILE, FeaturesInfo(config, net.stride, net.offset, net.channels))
@@ -251,9 +257,10 @@ def prepare_extract_like(workdir: WorkDir, split: str, config: ExtractConfig, we
                          device: str = "auto", data_root: str | os.PathLike | None = None,
                          views: Sequence[str] = ()) -> ExtractJob:
     """An extract job computing ``split``'s features exactly as ``config`` (a features folder's:
-    backbone, width, scales, seed, target, precision), with the trunk in ``weights``."""
+    backbone, width, scales, seed, target, precision, LRN or not), with the trunk in ``weights``."""
     return prepare_extract(workdir, split, config.backbone, config.width, weights, config.scales, config.seed,
-                           device, data_root, target=config.target, views=views, precision=config.precision)
+                           device, data_root, target=config.target, views=views, precision=config.precision,
+                           lrn=config.lrn)
 
 
 def _is_cached(path: Path, job: ExtractJob, image_id: str, image_file: Path) -> bool:

@@ -55,7 +55,7 @@ from sppdet.executors import DEFAULT_EXECUTOR, check_executor, map_batches
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.caches import ExtractSummary, load_proposals, proposals_dir
 from sppdet.models.crops import check_crop, compute_rcnn_features
-from sppdet.workdir.records import DEFAULT_BACKBONE, DEFAULT_WIDTH, resolve_weights, trained_trunk
+from sppdet.workdir.records import DEFAULT_BACKBONE, DEFAULT_WIDTH, resolve_weights, trained_trunk, trunk_has_lrn
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_save_npy, atomic_write_json
 from sppdet.workdir.store import WorkDir, lazy_stage_lock
@@ -123,9 +123,11 @@ def prepare_rcnn_extract(workdir: str | os.PathLike | WorkDir | None = None, spl
     if data_root is not None and not work.config().get("data_root"):
         work.set_data_root(root)
     proposals = proposals_dir(work)
-    net = build_backbone(backbone, width, resolve_weights(work, weights, backbone, width), seed)
+    chosen = resolve_weights(work, weights, backbone, width)
+    net = build_backbone(backbone, width, chosen, seed, lrn=trunk_has_lrn(work, chosen))
     config = RcnnConfig(backbone=backbone, width=float(width), weights=net.weights_id,
-                        crop_size=int(crop_size), context=int(context), levels=levels, seed=int(seed))
+                        crop_size=int(crop_size), context=int(context), levels=levels, seed=int(seed),
+                        lrn=net.lrn)
     folder = work.stage_dir(FOLDER_STAGE, config, inputs={
         "data_root": str(root), "proposals": work.stage_hash(proposals)})
     if not (folder / INFO_FILE).is_file():

@@ -228,7 +228,7 @@ def run_finetune(workdir: WorkDir, split: str = "trainval", config: FinetuneConf
         stages = workdir.config().get("stages", {})
         workdir.record_stage(TRUNK_RECORD, {
             "weights": weights, "backbone": job.config.backbone, "width": job.config.width,
-            "folder": folder.name, "features": job.folder.name, "base_features": start.name,
+            "lrn": job.config.lrn, "folder": folder.name, "features": job.folder.name, "base_features": start.name,
             "base_weights_source": workdir.portable_path(weights_source),
             "after_pretrain": stages.get("pretrain", {}).get("weights")})
     _, meta = load_head(head_path)

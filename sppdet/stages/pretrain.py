@@ -41,6 +41,7 @@ from sppdet.training.random_windows import random_window_source
 from sppdet.training.checkpoint import CHECKPOINT_FILE, EpochCheckpoint
 from sppdet.ops.spp import LEVELS, pooled_dim
 from sppdet.fileio import atomic_write_json, read_json, to_jsonable
+from sppdet.workdir.records import pretrained_with_lrn
 from sppdet.workdir.store import WorkDir
 
 STAGE = "pretrain"
@@ -173,7 +174,7 @@ def _record(work: WorkDir, folder: Path, config: PretrainConfig, split: str, cla
     work.record_stage(STAGE, {"folder": folder.name, "weights": f"{folder.name}/{TRUNK_FILE}",
                               "head": f"{folder.name}/{HEAD_FILE}", "backbone": config.backbone,
                               "width": config.width, "split": split, "classes": list(classes),
-                              "config": config})
+                              "lrn": not config.batch_norm, "config": config})
 
 
 def load_pretrained(workdir: str | os.PathLike | WorkDir | None = None
@@ -185,6 +186,7 @@ def load_pretrained(workdir: str | os.PathLike | WorkDir | None = None
     record = work.config().get("stages", {}).get(STAGE)
     if not record or not (work.root / record["weights"]).is_file():
         raise WorkdirError(f"{work.root}: no pretrained trunk; run sppdet pretrain first")
-    backbone = build_backbone(record["backbone"], float(record["width"]), work.root / record["weights"])
+    backbone = build_backbone(record["backbone"], float(record["width"]), work.root / record["weights"],
+                              lrn=pretrained_with_lrn(record))
     head, _ = load_head(work.root / record["head"], expected_in_dim=pooled_dim(backbone.channels))
     return CropClassifier(backbone, head, batch_norm=False).eval(), backbone, record

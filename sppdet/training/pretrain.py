@@ -35,8 +35,8 @@ the test mAP of pool5 SVMs on whole-image features; the measurements are in docs
       permutation) to the default "flip": right only for classes that keep their identity under
       them, as the demo's shapes (any rotation, colour independent of class); not for VOC.
     * Inputs scaled by 1 / 64 during training (zf5's raw pixels), folded into conv1 when saved.
-    * With batch norm, zf5's LRN layers are left out while training (see :class:`CropClassifier`:
-      on unit-scale activations they change conv5 by ~1e-4) and kept in the saved trunk.
+    * With batch norm, zf5's LRN layers are left out (see :class:`CropClassifier`: on unit-scale
+      activations they change conv5 by ~1e-4), in training and in every later use of the trunk.
     * SGD (momentum 0.9, weight decay 5e-4), linear warm-up over at most 100 steps, cosine decay.
     * Mini-batches of 16 crops at lr 0.0125, not the paper's 128: a few hundred training images
       give ~1,500 steps of 128 in 16 epochs, and the trunk is step-limited; 16 scored best on the
@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from sppdet.models.object_copies import AUGMENTATIONS
-from sppdet.models.backbones import Backbone, WithinChannelLRN, build_backbone
+from sppdet.models.backbones import Backbone, build_backbone, without_lrn
 from sppdet.structures.boxes import iou_matrix
 from sppdet.config import WINDOW_SOURCES, PretrainConfig
 from sppdet.data.images import load_bgr
@@ -84,14 +84,6 @@ def with_batch_norm(trunk: nn.Sequential) -> nn.Sequential:
     return trunk
 
 
-def without_lrn(trunk: nn.Sequential) -> nn.Sequential:
-    """``trunk`` with every ``WithinChannelLRN`` child replaced by ``Identity`` (in place)."""
-    for name, module in list(trunk.named_children()):
-        if isinstance(module, WithinChannelLRN):
-            setattr(trunk, name, nn.Identity())
-    return trunk
-
-
 class CropClassifier(nn.Module):
     """trunk -> conv5 map -> SPP of the whole map -> ``FcHead``: K + 1 logits per crop.
 
@@ -100,11 +92,12 @@ class CropClassifier(nn.Module):
     followed by a batch-norm layer while training. :meth:`trunk_state` folds both away, so the
     saved trunk is the plain backbone mapping the plain preprocessed image to the same conv5.
 
-    ``skip_lrn`` trains without zf5's LRN layers, which then only come back in the saved trunk:
-    ``x / (1 + 5e-5 mean(x^2)) ** 0.75`` hardly changes the unit-scale activations that batch norm
-    and the input scale give (and folding keeps), while it and its gradient cost ~15% of a training
-    step on a CPU. On the demo's trunk the difference in conv5 stays below the float16 feature
-    cache's resolution (docs/decisions.md).
+    ``skip_lrn`` trains without zf5's LRN layers: ``x / (1 + 5e-5 mean(x^2)) ** 0.75`` hardly
+    changes the unit-scale activations that batch norm and the input scale give (and folding
+    keeps), while it and its gradient cost ~15% of a training step on a CPU. The trained trunk is
+    then used without them too (the ``pretrain`` record says ``lrn: false``; ``extract`` builds it
+    with ``build_backbone(..., lrn=False)``): the network that was trained, and in inference the
+    LRN layers took about half of zf5's CPU time (docs/decisions.md).
     """
 
     def __init__(self, backbone: Backbone, head: FcHead, levels: Sequence[int] = LEVELS,

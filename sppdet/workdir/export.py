@@ -250,7 +250,7 @@ def _trunk(path: Path, info: FeaturesInfo | RcnnInfo, state: dict[str, torch.Ten
     if config.backbone not in BACKBONES:
         raise _Invalid(f"unknown backbone {config.backbone!r}")
     try:
-        net = build_backbone(config.backbone, config.width, "none", config.seed)
+        net = build_backbone(config.backbone, config.width, "none", config.seed, lrn=config.lrn)
     except SppdetError as exc:
         raise _Invalid(str(exc)) from None
     _load_state(net.trunk, state, f"{config.backbone} x{config.width} trunk")

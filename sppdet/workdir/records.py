@@ -36,8 +36,10 @@ SELECTION_RECORD = "selection"
 @dataclass(frozen=True)
 class TrunkRecord:
     """A conv trunk sppdet trained in the work directory: ``weights`` (absolute path), its
-    backbone and width, the crop sides it was pretrained on, the split it learned from, and
-    which command made it (``"pretrain"`` or ``"finetune --train-conv"``)."""
+    backbone and width, the crop sides it was pretrained on, the split it learned from, which
+    command made it (``"pretrain"`` or ``"finetune --train-conv"``), and whether it runs with
+    zf5's LRN layers (``lrn``: False for a trunk pretrained with batch norm, which trains without
+    them; ``sppdet.models.backbones.build_backbone``)."""
 
     weights: Path
     backbone: str
@@ -45,6 +47,16 @@ class TrunkRecord:
     crop_sizes: tuple[int, ...]
     split: str | None
     made_by: str
+    lrn: bool = True
+
+
+def pretrained_with_lrn(pretrain_record: dict) -> bool:
+    """Whether the trunk of a ``pretrain`` record has zf5's LRN layers: its ``lrn`` entry, or for a
+    record written before there was one, whether it trained without batch norm (with batch norm,
+    ``sppdet.training.pretrain`` leaves the LRN layers out)."""
+    if "lrn" in pretrain_record:
+        return bool(pretrain_record["lrn"])
+    return not bool(pretrain_record.get("config", {}).get("batch_norm", True))
 
 
 def _stages(work: WorkDir) -> dict:
@@ -59,16 +71,17 @@ def trained_trunks(work: WorkDir) -> list[TrunkRecord]:
     pretrain, tuned = stages.get(PRETRAIN_RECORD, {}), stages.get(TUNED_TRUNK_RECORD, {})
     sizes = tuple(int(s) for s in pretrain.get("config", {}).get("sizes", ()))
     found = []
+    pretrained_lrn = pretrained_with_lrn(pretrain)
     if tuned.get("weights") and tuned.get("after_pretrain") == pretrain.get("weights"):
-        found.append((tuned, "finetune --train-conv"))
+        found.append((tuned, "finetune --train-conv", bool(tuned.get("lrn", pretrained_lrn))))
     if pretrain.get("weights"):
-        found.append((pretrain, "pretrain"))
+        found.append((pretrain, "pretrain", pretrained_lrn))
     records = []
-    for record, made_by in found:
+    for record, made_by, lrn in found:
         path = work.root / record["weights"]  # an absolute recorded path stays as it is
         records.append(TrunkRecord(weights=path, backbone=str(record.get("backbone", "zf5")),
                                    width=float(record.get("width", 1.0)), crop_sizes=sizes,
-                                   split=pretrain.get("split"), made_by=made_by))
+                                   split=pretrain.get("split"), made_by=made_by, lrn=lrn))
     return records
 
 
@@ -105,6 +118,16 @@ def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbon
         if trunk.backbone == backbone and trunk.width == width:
             return str(trunk.weights)
     return "none"
+
+
+def trunk_has_lrn(workdir: WorkDir, weights: str | os.PathLike) -> bool:
+    """Whether ``weights`` run with zf5's LRN layers: a trunk sppdet trained says so in its record
+    (:class:`TrunkRecord`); any other file, ImageNet or random weights keep the architecture's."""
+    if str(weights) not in ("none", "imagenet"):
+        for trunk in trained_trunks(workdir):
+            if Path(weights).resolve() == trunk.weights.resolve():
+                return trunk.lrn
+    return True
 
 
 def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:

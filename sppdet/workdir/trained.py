@@ -136,7 +136,7 @@ def feature_trunk(folder: Path, info, weights_source: str | None, remedy: str) -
             raise ModelError(f"{weights_source or folder}: the trunk weights of the features "
                              f"{folder.name} are missing; restore the file, or {remedy}")
         weights = weights_source
-    net = build_backbone(config.backbone, config.width, weights, config.seed)
+    net = build_backbone(config.backbone, config.width, weights, config.seed, lrn=config.lrn)
     if (net.weights_id, net.channels, net.stride, net.offset) != (config.weights, info.channels,
                                                                    info.stride, info.offset):
         raise ModelError(f"{weights}: the rebuilt {config.backbone} trunk (weights {net.weights_id}) "
