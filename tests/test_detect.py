@@ -485,3 +485,44 @@ def test_spp_scales_table_counts_every_object_once(trained):
     for row in result["rows"]:
         assert row["scale"] in result["scales"] and row["cells"] > 0
         assert all(0.0 <= row[key] <= 1.0 for key in ("border", "top1", "recall"))
+
+
+def test_pooled_stats_compares_every_object_both_ways(trained, tmp_path):
+    """benchmarks/pooled_stats.py (issue 20): with a pretrained trunk, every non-difficult object
+    is pooled as an SPP window and as an R-CNN crop; the rcnn vectors are rcnn_pooled's, the
+    shares are shares and the pyramid levels split the vector exactly."""
+    import pooled_stats
+    from sppdet.config import PretrainConfig
+    from sppdet.data.voc import VocDataset
+    from sppdet.models.crops import rcnn_pooled
+    from sppdet.stages.pretrain import prepare_pretrain, run_pretrain
+
+    work, root, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    workdir = WorkDir(copy)
+    config = PretrainConfig(width=0.125, sizes=(48,), epochs=1, hidden=(32, 32), windows="random")
+    run_pretrain(prepare_pretrain(copy, config, split="trainval", device="cpu"))
+    run_extract(prepare_extract(workdir, split="trainval", scales=(96,), device="cpu"))
+    run_finetune(workdir, "trainval", FinetuneConfig(hidden=(32, 32), epochs=1))
+    summary = pooled_stats.compare(workdir, "trainval")
+    objects = sum(int((~a.difficult).sum()) for a in VocDataset(root, "trainval", check_images=False).annotations())
+    assert summary["objects"] == objects > 0 and summary["crop_side"] == 48
+    assert sum(row["objects"] for row in summary["by_scale"]) == objects
+    for row in summary["ways"].values():
+        assert all(0.0 <= row[key] <= 1.0 for key in ("pretrain_top1", "tuned_top1", "nonzero"))
+    assert -1.0 <= summary["cosine"] <= 1.0 and list(summary["cosine_by_level"]) == ["1x1", "2x2", "3x3", "6x6"]
+    channels = features_info(features_dir(workdir)).channels
+    assert pooled_stats._level_slices(channels)[-1][1].stop == WindowSource(workdir, "trainval").dim
+    source = WindowSource(workdir, "trainval")
+    trunk = rebuild_trunk(workdir, features_dir(workdir), features_info(features_dir(workdir)))
+    assert not trunk.lrn  # the pretrained trunk runs as it trained
+    norms = []
+    for image_id in source.image_ids:
+        boxes, labels, difficult = source.ground_truth(image_id)
+        keep = (labels > 0) & ~difficult
+        if keep.any():
+            vectors = rcnn_pooled(trunk, load_bgr(source.dataset.image_path(image_id)), boxes[keep],
+                                  source.levels, 48, config.context * 48 / 224)
+            norms.append(np.linalg.norm(vectors, axis=1))
+    assert summary["ways"]["rcnn"]["norm"] == pytest.approx(float(np.concatenate(norms).mean()), rel=1e-5)
