@@ -202,3 +202,27 @@ def test_readme_python_api_example_runs(trained, tmp_path, monkeypatch, capsys):
     assert printed, "the example should find the cells in a test image"
     assert len(printed) == len(result.scores)
     assert all(line.split()[0] in namespace["detector"].classes for line in printed)
+
+
+def test_train_with_a_trained_trunk_recomputes_val_features(trained, tmp_path, cli_runner):
+    """``[finetune] train_conv = true``: the trunk is fine-tuned on train, and the val split's
+    features are recomputed with it before the selection scores them (else val is missing from
+    the new features folder)."""
+    from sppdet.workdir.caches import features_dir
+    from sppdet.workdir.records import TUNED_TRUNK_RECORD
+    from sppdet.workdir.store import WorkDir
+
+    _, _, work, data, _, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    config = tmp_path / "conv.toml"
+    config.write_text("[finetune]\ntrain_conv = true\nepochs = 1\n")
+    output = cli_runner(copy)("train", "--data", str(data), "--config", str(config)).output
+    assert "extract val (trained trunk)" in output and "chosen on val" in output
+    workdir = WorkDir(copy)
+    tuned = workdir.config()["stages"][TUNED_TRUNK_RECORD]
+    folder = features_dir(workdir)
+    assert folder.name == tuned["features"]
+    for split in ("train", "val"):
+        ids = read_split(data, split, copy / "splits")
+        assert all((folder / f"{image_id}.npz").is_file() for image_id in ids), split

@@ -4,6 +4,10 @@
            -> train-bbox (train) -> choose SVM layer, C, copies and views on val
            -> train-svm + train-bbox on train+val with the choices
 
+With ``[finetune] train_conv = true`` the fine-tuning also trains the trunk (and recomputes the
+training split's features with it); the val split's features are then recomputed with the new
+trunk before anything is scored on them.
+
 Each step calls the same library function as the stage's own command, so every step is cached
 by its settings exactly as there: a second run finds everything and only checks the caches, and
 a run killed half-way continues where it stopped (files are written atomically). The test split
@@ -174,6 +178,8 @@ def run_train(plan: TrainPlan, progress_bar: ProgressFactory = no_progress_bar,
     step(f"extract {splits.train}", lambda: extract(splits.train, ()))
     step(f"extract {splits.val}", lambda: extract(splits.val, views))
     step("finetune", finetune)
+    if settings.finetune.train_conv:  # a new trunk: the val split's features are recomputed with it too
+        step(f"extract {splits.val} (trained trunk)", lambda: extract(splits.val, views))
     step(f"train-bbox {splits.train}", lambda: bbox(splits.train))
     step("select on val", select)
     step(f"train-svm {splits.final}", final_svm)
