@@ -60,7 +60,7 @@ def finetune(ctx, workdir, data_root, split, hidden, epochs, lr, windows_per_ima
     `sppdet extract --split test` (and any other split you use): it picks the fine-tuned trunk by
     default. --device applies to --train-conv only.
 
-    Example: sppdet finetune --hidden 512,512 --epochs 6
+    Example: sppdet finetune --hidden 512,512 --epochs 12
     """
     from sppdet.stages.finetune import check_config, run_finetune
     from sppdet.workdir.window_source import WindowSource
