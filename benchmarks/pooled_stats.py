@@ -31,7 +31,8 @@ import torch
 
 from sppdet.data.images import load_bgr
 from sppdet.models.crops import CROP_SIZE, rcnn_pooled
-from sppdet.ops.spp import LEVELS, choose_scales, scale_factors
+from spp_scales import routed_objects
+from sppdet.ops.spp import LEVELS
 from sppdet.stages.pretrain import load_pretrained
 from sppdet.workdir.caches import features_dir, features_info
 from sppdet.workdir.records import SELECTION_RECORD
@@ -69,15 +70,7 @@ def compare(work: WorkDir, split: str) -> dict:
     context = record["config"]["context"] * crop_side / CROP_SIZE  # as pretraining warps its crops
     tuned, _ = finetuned_head(work, source.feature_hash, source.dim)
     found = defaultdict(list)
-    for image_id in source.image_ids:
-        boxes, labels, difficult = source.ground_truth(image_id)
-        keep = (labels > 0) & ~difficult
-        boxes, labels = boxes[keep], labels[keep]
-        if not len(boxes):
-            continue
-        annotation = source.dataset.annotation(image_id)
-        factors = np.asarray(scale_factors((annotation.height, annotation.width), info.config.scales), np.float64)
-        routed = choose_scales(boxes, factors, info.config.target).numpy()
+    for image_id, boxes, labels, _, _, routed in routed_objects(source, info.config.scales, info.config.target):
         pooled = {"spp": np.asarray(source.pool(image_id, boxes), np.float32),
                   "rcnn": rcnn_pooled(trunk, load_bgr(source.dataset.image_path(image_id)), boxes,
                                       source.levels, crop_side, context)}

@@ -52,16 +52,7 @@ def scale_table(work: WorkDir, split: str, method: str = "spp") -> dict:
     spp = features_info(features_dir(work))
     scales, target, stride = spp.config.scales, spp.config.target, spp.stride
     rows = defaultdict(lambda: defaultdict(list))
-    for image_id in source.image_ids:
-        boxes, labels, difficult = source.ground_truth(image_id)
-        keep = (labels > 0) & ~difficult
-        boxes, labels = boxes[keep], labels[keep]
-        if not len(boxes):
-            continue
-        annotation = source.dataset.annotation(image_id)
-        height, width = annotation.height, annotation.width
-        factors = np.asarray(scale_factors((height, width), scales), np.float64)
-        routed = choose_scales(boxes, factors, target).numpy()
+    for image_id, boxes, labels, (height, width), factors, routed in routed_objects(source, scales, target):
         scores = detector.score(source.pool(image_id, boxes))
         found = _found(detections, image_id, boxes, labels)
         sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
@@ -85,6 +76,22 @@ def scale_table(work: WorkDir, split: str, method: str = "spp") -> dict:
                       "recall": float(np.mean(row["found"]))})
     return {"split": split, "method": method, "scales": list(scales), "target": target, "views": list(views),
             "rows": table}
+
+
+def routed_objects(source: WindowSource, scales, target: int):
+    """Per image of ``source`` with a non-difficult object: ``(image id, boxes float32 [G, 4],
+    labels [G], (H, W), scale factors float64 [S], the scale index each box is pooled at [G])``,
+    routed as ``sppdet.ops.spp.choose_scales`` routes windows."""
+    for image_id in source.image_ids:
+        boxes, labels, difficult = source.ground_truth(image_id)
+        keep = (labels > 0) & ~difficult
+        boxes, labels = boxes[keep], labels[keep]
+        if not len(boxes):
+            continue
+        annotation = source.dataset.annotation(image_id)
+        hw = (annotation.height, annotation.width)
+        factors = np.asarray(scale_factors(hw, scales), np.float64)
+        yield image_id, boxes, labels, hw, factors, choose_scales(boxes, factors, target).numpy()
 
 
 def _found(detections, image_id: str, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
