@@ -72,7 +72,7 @@ from sppdet.models.features import (auto_precision, check_precision, compute_fea
                                      save_feature_file)
 from sppdet.parallel import Progress, no_progress, parse_shard, select_shard
 from sppdet.workdir.records import (DEFAULT_BACKBONE, DEFAULT_WIDTH, TUNED_TRUNK_RECORD, extract_record,
-                                    trained_trunk, trained_trunks, trunk_has_lrn)
+                                    trained_trunk, trunk_has_lrn, trunk_of_weights)
 from sppdet.ops.spp import TARGET
 from sppdet.fileio import atomic_write_json
 from sppdet.workdir.caches import ExtractSummary
@@ -111,9 +111,9 @@ def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
         if int(target) < 1:
             raise ConfigError(f"--target {target}: must be a positive number of pixels")
         return int(target)
-    for trunk in trained_trunks(workdir):
-        if Path(weights).resolve() == trunk.weights.resolve() and trunk.crop_sizes:
-            return int(round(TARGET_PER_CROP_SIDE * max(trunk.crop_sizes)))
+    trunk = trunk_of_weights(workdir, weights)
+    if trunk is not None and trunk.crop_sizes:
+        return int(round(TARGET_PER_CROP_SIDE * max(trunk.crop_sizes)))
     return TARGET
 
 

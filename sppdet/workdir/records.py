@@ -120,14 +120,20 @@ def resolve_weights(workdir: WorkDir, weights: str | os.PathLike | None, backbon
     return "none"
 
 
+def trunk_of_weights(workdir: WorkDir, weights: str | os.PathLike) -> TrunkRecord | None:
+    """The record of the trunk sppdet trained whose file ``weights`` is (:func:`trained_trunks`),
+    or None for any other file and for ``"none"`` / ``"imagenet"``."""
+    if str(weights) in ("none", "imagenet"):
+        return None
+    return next((trunk for trunk in trained_trunks(workdir)
+                 if Path(weights).resolve() == trunk.weights.resolve()), None)
+
+
 def trunk_has_lrn(workdir: WorkDir, weights: str | os.PathLike) -> bool:
     """Whether ``weights`` run with zf5's LRN layers: a trunk sppdet trained says so in its record
     (:class:`TrunkRecord`); any other file, ImageNet or random weights keep the architecture's."""
-    if str(weights) not in ("none", "imagenet"):
-        for trunk in trained_trunks(workdir):
-            if Path(weights).resolve() == trunk.weights.resolve():
-                return trunk.lrn
-    return True
+    trunk = trunk_of_weights(workdir, weights)
+    return True if trunk is None else trunk.lrn
 
 
 def recorded_propose_config(workdir: WorkDir) -> ProposeConfig:
