@@ -41,7 +41,10 @@ training split instead of ImageNet ZF-5; the multi-scale scale choice uses the f
 96 px on a side for a trunk pretrained on 64 px crops (``sppdet.stages.extract``), not the paper's
 224 px, the side of its ImageNet crops.
 
-Usage: python benchmarks/ablation.py [--workdir sppdet-work] [--images 400] [--json FILE]
+``--split val`` scores every row on the validation split instead, SVMs and box regressors trained
+on the train split: the numbers to choose changes by (issue 20), so that the test rows are read once.
+
+Usage: python benchmarks/ablation.py [--workdir sppdet-work] [--images 400] [--json FILE] [--split test|val]
                                      [--methods spp_1,spp_demo,spp_5,rcnn] [--scale N] [--rcnn-crop N]
 """
 
@@ -133,10 +136,10 @@ class Runner:
             sys.exit(f"ablation: `{line}` exited with {code}")
         self.log.append({"command": line, "seconds": round(time.perf_counter() - start, 2)})
 
-    def evaluate(self, name: str, method: str, bbox_reg: bool) -> float:
-        """Run ``sppdet eval`` on the test split; its mAP."""
+    def evaluate(self, name: str, method: str, bbox_reg: bool, split: str = "test") -> float:
+        """Run ``sppdet eval`` on ``split``; its mAP."""
         path = self.work / "ablation" / f"{name}.json"
-        self(["eval", "--split", "test", "--json", str(path), "--method", method,
+        self(["eval", "--split", split, "--json", str(path), "--method", method,
               *([] if bbox_reg else ["--no-bbox-reg"])])
         return float(json.loads(path.read_text())["mAP"])
 
@@ -146,34 +149,43 @@ def demo_stage(name: str, work: Path) -> list[str]:
     return dict(demo.stages(work, work / "synth", 0))[name]
 
 
-def method_rows(run: Runner, key: str, extract: list[str], levels_rows: bool) -> dict:
+#: Scored split -> the split the SVMs and box regressors train on (fine-tuning always uses the
+#: demo's own, the train split).
+TRAIN_SPLIT = {"test": "trainval", "val": "train"}
+
+
+def method_rows(run: Runner, key: str, extract: list[str], levels_rows: bool, split: str = "test") -> dict:
     """The four columns of one row (``key``: spp_1, spp_5 or rcnn, whose features ``extract``
-    computes), and the pyramid rows when ``levels_rows``."""
+    computes) scored on ``split`` ("test", or "val" with SVMs trained on train), and the pyramid
+    rows when ``levels_rows``."""
     method = "rcnn" if key == "rcnn" else "spp"
     flag = ["--method", "rcnn"] if method == "rcnn" else []
-    for split in ("trainval", "test"):
-        run(with_option(extract, "--split", split))
+    train_split = TRAIN_SPLIT[split]
+    for each in (train_split, split):
+        run(with_option(extract, "--split", each))
     finetune = [*demo_stage("finetune", run.work), *flag]
     svm = with_option(without_option([*demo_stage("train-svm", run.work), *flag], "--augment-positives"),
                       "--layer", "fc7")
+    svm = with_option(svm, "--split", train_split)
     pool5 = with_option(svm, "--layer", "pool5")
+    suffix = "" if split == "test" else f"-{split}"
     rows, levels = {}, {}
     run(pool5)
-    rows["pool5"] = run.evaluate(f"{key}-pool5", method, False)
+    rows["pool5"] = run.evaluate(f"{key}-pool5{suffix}", method, False, split)
     if levels_rows:
         levels[",".join(map(str, LEVEL_ROWS[0]))] = rows["pool5"]
         for chosen in LEVEL_ROWS[1:]:
             name = ",".join(map(str, chosen))
             run(with_option(pool5, "--levels", name))
-            levels[name] = run.evaluate(f"{key}-pool5-levels{name}", method, False)
+            levels[name] = run.evaluate(f"{key}-pool5-levels{name}{suffix}", method, False, split)
     run(with_option(finetune, "--epochs", "0"))
     run(svm)
-    rows["fc7"] = run.evaluate(f"{key}-fc7", method, False)
+    rows["fc7"] = run.evaluate(f"{key}-fc7{suffix}", method, False, split)
     run(finetune)
     run(svm)
-    rows["ftfc7"] = run.evaluate(f"{key}-ftfc7", method, False)
-    run([*demo_stage("train-bbox", run.work), *flag])
-    rows["ftfc7 bb"] = run.evaluate(f"{key}-ftfc7-bb", method, True)
+    rows["ftfc7"] = run.evaluate(f"{key}-ftfc7{suffix}", method, False, split)
+    run(with_option([*demo_stage("train-bbox", run.work), *flag], "--split", train_split))
+    rows["ftfc7 bb"] = run.evaluate(f"{key}-ftfc7-bb{suffix}", method, True, split)
     return {"mAP": rows, "levels": levels}
 
 
@@ -209,20 +221,23 @@ def ensure_demo(work: Path, images: int) -> None:
         sys.exit(f"ablation: the demo failed (exit {result.returncode})")
 
 
-def restore_demo(run: Runner) -> float:
-    """Re-run the demo's training stages (cache hits) and its own eval (test flipping included);
-    that mAP."""
+def restore_demo(run: Runner, score: bool = True) -> float | None:
+    """Re-run the demo's training stages (cache hits) and, when ``score``, its own eval (test
+    views included); that mAP, else None (a val ablation does not read the test split)."""
     for name in ("extract trainval", "extract test", "finetune", "train-svm", "train-bbox"):
         run(demo_stage(name, run.work))
+    if not score:
+        return None
     path = run.work / "ablation" / "demo.json"
     run(with_option(without_option(demo_stage("eval", run.work), "--plots"), "--json", str(path)))
     return float(json.loads(path.read_text())["mAP"])
 
 
 def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None, crop_override: int | None = None,
-                 label: str = "") -> dict:
+                 label: str = "", split: str = "test") -> dict:
     """Every row of the ablation (module docstring) on the demo work directory ``work`` (written
-    ``label`` in the logged commands; default: its path)."""
+    ``label`` in the logged commands; default: its path), scored on ``split``: "test" (SVMs
+    trained on trainval) or "val" (SVMs trained on train), where changes are chosen."""
     run = Runner(work, label or str(work))
     extract = demo_stage("extract trainval", work)
     demo_scales = tuple(int(v) for v in option_value(extract, "--scales").split(","))
@@ -244,14 +259,15 @@ def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None,
         if key not in methods:
             continue
         start = time.perf_counter()
-        rows = method_rows(run, key, extracts[key], levels_rows=key == "spp_1")
+        rows = method_rows(run, key, extracts[key], levels_rows=key == "spp_1", split=split)
         seconds[key] = round(time.perf_counter() - start, 1)
         results[key] = rows["mAP"]
         levels.update(rows["levels"])
-    again = restore_demo(run)
-    demo_map = json.loads((work / "demo-times.json").read_text()).get("mAP")
+    again = restore_demo(run, score=split == "test")
+    demo_map = json.loads((work / "demo-times.json").read_text()).get("mAP") if again is not None else None
     return {
-        "benchmark": "ablation", "mAP": results, "levels": levels, "recall": recall_table(WorkDir(work)),
+        "benchmark": "ablation", "split": split, "mAP": results, "levels": levels,
+        "recall": recall_table(WorkDir(work)),
         "settings": {"scale_1": scale, "scales_demo": list(demo_scales), "scales_5": list(scales_5),
                      "rcnn_crop": crop, "rcnn_context": context,
                      "backbone": " ".join(option_value(extract, o) and f"{o} {option_value(extract, o)}"
@@ -262,7 +278,7 @@ def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None,
                      "demo_precision": option_value(demo_stage("extract trainval", work), "--precision"),
                      "workdir": str(work), "torch_threads_env": os.environ.get("OMP_NUM_THREADS")},
         "demo_mAP": demo_map, "demo_mAP_again": again,
-        "matches_demo": None if demo_map is None else abs(again - demo_map) < 1e-9,
+        "matches_demo": None if demo_map is None or again is None else abs(again - demo_map) < 1e-9,
         "seconds": seconds, "commands": run.log,
     }
 
@@ -284,6 +300,8 @@ def main() -> int:
                         help="the single scale of spp_1, the centre of spp_5 (default: the demo's smallest)")
     parser.add_argument("--rcnn-crop", type=int, default=None,
                         help="R-CNN crop side (default: the pretrained trunk's crop size)")
+    parser.add_argument("--split", choices=sorted(TRAIN_SPLIT), default="test",
+                        help="scored split: test (SVMs on trainval), or val (SVMs on train) to choose changes by")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = parser.parse_args()
     methods = tuple(m for m in args.methods.split(",") if m)
@@ -293,7 +311,7 @@ def main() -> int:
     work = Path(args.workdir).resolve()
     ensure_demo(work, args.images)
     start = time.perf_counter()
-    result = run_ablation(work, methods, args.scale, args.rcnn_crop, args.workdir)
+    result = run_ablation(work, methods, args.scale, args.rcnn_crop, args.workdir, args.split)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
     print("\n" + format_tables(result) + "\n")
     print(json.dumps(result))

@@ -359,3 +359,61 @@ def test_results_of_an_older_run_lack_the_newer_steps(tmp_path):
     assert set(results) == set(report.STEPS) - set(report.NEWER) and results["demo"] == {"step": "demo"}
     (tmp_path / "ray.json").write_text(json.dumps(RAY))
     assert report.load_results(tmp_path)["ray"] == RAY
+
+
+def test_val_ablation_section_and_its_place_on_the_page():
+    val = copy.deepcopy(ABLATION)
+    val["mAP"] = {"rcnn": {"pool5": 0.70, "fc7": 0.72, "ftfc7": 0.73, "ftfc7 bb": 0.74},
+                  "spp_demo": {"pool5": 0.75, "fc7": 0.50, "ftfc7": 0.76, "ftfc7 bb": 0.77}}
+    lines = report_text.val_ablation_section(val)
+    assert "| R-CNN (crops 64 px, context 5 px) | 70.0 | 72.0 | 73.0 | 74.0 |" in lines[1]
+    assert "*paper" not in lines[1]
+    assert lines[-1] == "On val, SPP-net at the demo's scales is 3.0 points above R-CNN (ftfc7 bb: 77.0 vs 74.0)."
+    val["mAP"]["spp_demo"]["ftfc7 bb"] = 0.72
+    assert "2.0 points below R-CNN" in report_text.val_ablation_section(val)[-1]
+    results, machine, run = page_inputs()
+    assert "scored on the demo's val split" not in report_text.page(results, machine, run)
+    text = report_text.page({**results, "ablation_val": val}, machine, run)
+    assert text.index("on the demo's test split") < text.index("scored on the demo's val split") < text.index(
+        "Proposal recall")
+
+
+def test_plan_scores_the_goal_rows_on_val(tmp_path):
+    import report
+
+    argv, path = report.plan(tmp_path, report_args())["ablation_val"]
+    assert argv[1].endswith("ablation.py") and path == tmp_path / "results" / "ablation_val.raw.json"
+    assert argv[argv.index("--split") + 1] == "val" and argv[argv.index("--methods") + 1] == "spp_demo,rcnn"
+    assert "ablation_val" in report.NEWER
+    assert report.ORDER.index("ablation_val") < report.ORDER.index("ablation")
+
+
+def test_a_val_ablation_trains_on_train_and_scores_val(monkeypatch, tmp_path):
+    import ablation
+
+    stages = {"finetune": ["finetune", "--split", "train"],
+              "train-svm": ["train-svm", "--split", "trainval", "--layer", "pool5+fc7", "--augment-positives", "flip"],
+              "train-bbox": ["train-bbox", "--split", "trainval"]}
+    monkeypatch.setattr(ablation, "demo_stage", lambda name, work: list(stages[name]))
+
+    class FakeRun:
+        work, commands, scored = tmp_path, [], []
+
+        def __call__(self, argv):
+            self.commands.append(argv)
+
+        def evaluate(self, name, method, bbox_reg, split="test"):
+            self.scored.append((name, split))
+            return 0.5
+
+    for split, train in (("val", "train"), ("test", "trainval")):
+        run = FakeRun()
+        run.commands, run.scored = [], []
+        rows = ablation.method_rows(run, "rcnn", ["extract", "--split", "trainval"], False, split)
+        assert rows["mAP"] == {"pool5": 0.5, "fc7": 0.5, "ftfc7": 0.5, "ftfc7 bb": 0.5}
+        assert [c[2] for c in run.commands[:2]] == [train, split]
+        trained = [c for c in run.commands if c[0] in ("train-svm", "train-bbox")]
+        assert trained and all(c[c.index("--split") + 1] == train for c in trained)
+        assert all("--augment-positives" not in c for c in trained)
+        assert {s for _, s in run.scored} == {split}
+        assert run.scored[-1][0] == ("rcnn-ftfc7-bb" if split == "test" else "rcnn-ftfc7-bb-val")
