@@ -44,8 +44,8 @@ def _parse_scales(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "objects' sizes (README, \"Settings that follow your data\").")
 @click.option("--target", type=click.IntRange(min=1), default=None,
               help="Pool each window at the scale where it is closest to TARGET x TARGET px "
-                   "(paper: 224). Default: 1.5 x the largest crop side of a `sppdet pretrain` "
-                   "trunk (96 for its 64 px crops), else 224.")
+                   "(paper: 224). Default: 1.5 x the main (first) crop side of a `sppdet pretrain` "
+                   "trunk (96 for its default 64,96 px crops), else 224.")
 @click.option("--precision", type=click.Choice((*PRECISIONS, AUTO_PRECISION)), default=None,
               help="The trunk's arithmetic; bfloat16 runs ~1.5x faster on CPUs with bfloat16 units "
                    "(AVX512-BF16, AMX) and on recent GPUs, conv5 within ~0.5%; auto picks bfloat16 "

@@ -76,7 +76,7 @@ def pretrain(split, backbone, width, epochs, sizes, lr, batch_size, augment, hid
     WORKDIR/pretrain-<hash>/trunk.pt, which `sppdet extract` then uses by default (same
     --backbone/--width); the same settings again reuse it.
 
-    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 16 --sizes 64,52
+    Example: sppdet pretrain --backbone zf5 --width 0.25 --epochs 16 --sizes 64,96
 
     On a separate dataset: sppdet pretrain --data data/big --windows random --epochs 3
     """

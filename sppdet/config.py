@@ -134,7 +134,7 @@ class PretrainConfig:
 
     backbone: str = "zf5"  # trunk to train (sppdet.models.backbones); zf5 is the paper's
     width: float = 0.25  # zf5 channel multiplier (paper: 1.0; 0.25 trains in minutes on a CPU)
-    sizes: tuple[int, ...] = (64, 52)  # crop sides, one per epoch in turn (paper: 224, 180)
+    sizes: tuple[int, ...] = (64, 96)  # crop sides, one per epoch in turn (paper: 224, 180)
     epochs: int = 16  # passes over the split (paper: ImageNet, ~70 epochs); better than 12 on the demo
     lr: float = 0.0125  # peak SGD learning rate; linear warm-up, then cosine decay to 0
     momentum: float = 0.9  # SGD momentum (paper: 0.9)

@@ -213,8 +213,8 @@ def test_scale_choice_target_follows_the_pretraining_crops(tmp_path, voc):
     trunk.parent.mkdir(parents=True)
     torch.save(build_backbone("zf5", 0.125, seed=7).trunk.state_dict(), trunk)
     work.record_stage("pretrain", {"weights": "pretrain/trunk.pt", "backbone": "zf5", "width": 0.125,
-                                   "config": {"sizes": [64, 52]}})
-    assert resolve_target(work, str(trunk), None) == 96  # 1.5 x the largest crop side
+                                   "config": {"sizes": [64, 96]}})
+    assert resolve_target(work, str(trunk), None) == 96  # 1.5 x the main (first) crop side
     assert resolve_target(work, str(tmp_path / "other.pt"), None) == 224
     job, _ = _extract(tmp_path, voc)
     assert job.config.target == 96 and features_info(job.folder).config.target == 96

@@ -199,6 +199,8 @@ def test_rcnn_crop_follows_the_pretrained_trunk(tmp_path):
     assert ablation.rcnn_crop(work, None) == (224, 16)
     work.record_stage("pretrain", {"config": {"sizes": [64, 52], "context": 16}})
     assert ablation.rcnn_crop(work, None) == (64, 5)
+    work.record_stage("pretrain", {"config": {"sizes": [64, 96], "context": 16}})
+    assert ablation.rcnn_crop(work, None) == (96, 7)
     assert ablation.rcnn_crop(work, 112) == (112, 8)
 
 

@@ -204,5 +204,18 @@ def load_feature_file(path: str | os.PathLike) -> FeatureFile:
 
 
 #: With a trunk from ``sppdet pretrain``, the default scale-choice target is this times its
-#: largest crop side (module docstring).
+#: main crop side (:func:`target_for_crop_sizes`).
 TARGET_PER_CROP_SIDE = 1.5
+
+
+def target_for_crop_sizes(sizes: Sequence[int]) -> int:
+    """The default scale-choice target (px) for a trunk pretrained on warped crops of ``sizes``
+    (``PretrainConfig.sizes``, main size first): ``TARGET_PER_CROP_SIDE`` times ``sizes[0]``.
+
+    Why the first size and not the largest: the first is the trunk's main input size, the others
+    the extra sizes of multi-size training (paper section 2.3: 224, with 180 added), and on the
+    demo's val split 1.5 x the main side was the best target for every trunk tried: 96 px for
+    crops (64, 52) (of 64 / 80 / 96 / 128) and for (64, 96) (of 96 / 128 / 144); 1.5 x the largest
+    side would have given 144 for the latter (docs/decisions.md). Above the crop side because a
+    window's conv5 cells also see beyond it (their receptive fields)."""
+    return int(round(TARGET_PER_CROP_SIDE * int(sizes[0])))

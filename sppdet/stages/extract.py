@@ -38,10 +38,12 @@ Scale-choice target (``ExtractConfig.target``, recorded in ``features.json`` so 
 pools these features routes windows alike): the paper pools each window at the scale where it is
 closest to 224 x 224 px, the side of its ImageNet training crops, so windows look as large as the
 objects the trunk learned from. A trunk from ``sppdet pretrain`` learned from much smaller crops
-(``--sizes``, 64 px by default), so with such a trunk the default target is
-``TARGET_PER_CROP_SIDE`` (1.5) times its largest crop side: 96 px for 64 px crops, the best of
-the targets tried on the demo (docs/decisions.md). A window's conv5 cells also see context beyond
-it (their receptive fields), which is why the best target is above the crop side. Other weights
+(``--sizes``, 64 and 96 px by default), so with such a trunk the default target is
+``TARGET_PER_CROP_SIDE`` (1.5) times its main (first) crop side: 96 px for the default crops, the
+best of the targets tried on the demo's val split
+(``sppdet.models.features.target_for_crop_sizes``, docs/decisions.md). A window's conv5 cells
+also see context beyond it (their receptive fields), which is why the best target is above the
+crop side. Other weights
 (random, ImageNet, a file) keep the paper's 224.
 """
 
@@ -59,7 +61,7 @@ import torch
 from sppdet.workdir.caches import (INFO_FILE, FeaturesInfo, feature_path, features_info, record_source,
                                    source_is_current)
 from sppdet.data.identity import image_signature
-from sppdet.models.features import TARGET_PER_CROP_SIDE
+from sppdet.models.features import target_for_crop_sizes
 from sppdet.models.backbones import Backbone, build_backbone, resolve_device
 from sppdet.config import ExtractConfig
 from sppdet.data.fit import fit_scales, object_sizes
@@ -105,7 +107,7 @@ class ExtractJob:
 def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
     """``target`` if given; else, when ``weights`` (as ``sppdet.workdir.records.resolve_weights``
     resolves them) is the trunk of ``sppdet pretrain`` or one fine-tuned from it,
-    ``TARGET_PER_CROP_SIDE`` times the largest crop side it was trained on; else the paper's 224
+    ``target_for_crop_sizes`` of the crop sides it was trained on; else the paper's 224
     (``sppdet.ops.spp.TARGET``)."""
     if target is not None:
         if int(target) < 1:
@@ -113,7 +115,7 @@ def resolve_target(workdir: WorkDir, weights: str, target: int | None) -> int:
         return int(target)
     trunk = trunk_of_weights(workdir, weights)
     if trunk is not None and trunk.crop_sizes:
-        return int(round(TARGET_PER_CROP_SIDE * max(trunk.crop_sizes)))
+        return target_for_crop_sizes(trunk.crop_sizes)
     return TARGET
 
 

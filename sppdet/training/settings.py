@@ -41,7 +41,7 @@ from sppdet.config import BboxRegConfig, FinetuneConfig, PretrainConfig, Propose
 from sppdet.data.voc import VocDataset
 from sppdet.data.fit import fit_pretrain_epochs, fit_proposals, fit_scales, object_sizes
 from sppdet.errors import ConfigError
-from sppdet.models.features import TARGET_PER_CROP_SIDE
+from sppdet.models.features import target_for_crop_sizes
 from sppdet.config import AUTO_PRECISION, PRECISIONS
 from sppdet.training.splits import VAL_FRACTION, TrainingSplits
 from sppdet.models.svm import LAYERS
@@ -265,8 +265,8 @@ def resolve_train_settings(data_root: Path, train_dataset: VocDataset, splits: T
         configs[section] = config_type(**values)
     extract_file = file_values.get("extract", {})
     target = extract_file.get("target")
-    sources["extract.target"] = origin if target is not None else "trunk: 1.5 x its largest crop side"
-    target = int(target) if target is not None else int(round(TARGET_PER_CROP_SIDE * max(configs["pretrain"].sizes)))
+    sources["extract.target"] = origin if target is not None else "trunk: 1.5 x its main (first) crop side"
+    target = int(target) if target is not None else target_for_crop_sizes(configs["pretrain"].sizes)
     scales = extract_file.get("scales")
     sources["extract.scales"] = origin if scales is not None else f"data: objects of {splits.train} near {target} px"
     scales = tuple(int(s) for s in scales) if scales is not None else fit_scales(sizes, target)
