@@ -331,7 +331,8 @@ def setting_notes(results: dict) -> list[str]:
         f"({ablation['settings']['backbone']}) is trained from scratch by `sppdet pretrain` on the demo's "
         f"{images.get('trainval', '?')} training images of synthetic shapes and tested on its "
         f"{images.get('test', '?')} test images. The differences between rows are the comparison.",
-        f"R-CNN warps each window to the trunk's pre-training crop size ({ablation['settings']['rcnn_crop']} px, "
+        "R-CNN warps each window to the trunk's largest pre-training crop size "
+        f"({ablation['settings']['rcnn_crop']} px, "
         f"{ablation['settings']['rcnn_context']} px of context), as the paper's R-CNN warps to its network's "
         "224 px input: the trunk learned on such crops, which favours R-CNN's features over SPP-net's "
         "whole-image ones, as ImageNet pre-training does in the paper.",
