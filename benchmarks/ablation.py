@@ -192,7 +192,7 @@ def method_rows(run: Runner, key: str, extract: list[str], levels_rows: bool, sp
     return {"mAP": rows, "levels": levels}
 
 
-def recall_table(work: WorkDir, splits: tuple[str, str] = ("trainval", "test")) -> dict:
+def recall_table(work: WorkDir, splits: tuple[str, str]) -> dict:
     """Per split of ``splits`` (training, scored): proposals per image and recall at each IoU for
     the first N proposals of each image (non-difficult boxes,
     ``sppdet.models.selective_search.proposal_recall``)."""
@@ -282,7 +282,7 @@ def run_ablation(work: Path, methods: tuple[str, ...], scale: int | None = None,
                      "demo_precision": option_value(demo_stage("extract trainval", work), "--precision"),
                      "workdir": str(work), "torch_threads_env": os.environ.get("OMP_NUM_THREADS")},
         "demo_mAP": demo_map, "demo_mAP_again": again,
-        "matches_demo": None if demo_map is None or again is None else abs(again - demo_map) < 1e-9,
+        "matches_demo": None if demo_map is None else abs(again - demo_map) < 1e-9,
         "seconds": seconds, "commands": run.log,
     }
 
